@@ -1,0 +1,118 @@
+"""Process plumbing shared by the Triton and API launchers: ports, readiness, clean stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (good enough for tests on loopback)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, timeout: float = 2.0) -> int | None:
+    """Status code of a GET, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, urllib.error.URLError):
+        return None
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class ManagedProcess:
+    """A child in its own process group, so a stop takes its children (Triton's stubs) too."""
+
+    name = "process"
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def _spawn(self, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
+        log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_for(self, url: str, timeout: float, expect: int = 200) -> None:
+        """Poll ``url`` until it answers ``expect``; fail fast with the log if the child died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                raise RuntimeError(
+                    f"{self.name} exited (code {self.proc and self.proc.returncode}) before it was "
+                    f"ready; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            if http_status(url) == expect:
+                return
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"{self.name} not ready at {url} after {timeout:.0f}s; last lines of {self.log_path}:\n"
+            f"{log_tail(self.log_path)}"
+        )
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the leader (it stops its own children), then SIGKILL the group's leftovers."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 3.0  # children (stubs) exit just after their parent
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            _signal_group(pgid, signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            pass
+        self.proc = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""Start and stop the real ``tritonserver`` binary from the nvidia-pytriton wheel, no Docker.
+
+What makes it run (measured on these machines, see README "Local Triton"):
+- a backend directory with a real copy of ``libtriton_python.so`` (a symlink is refused) and the
+  Python stub as a symlink into site-packages (a copy cannot find its CUDA stub libraries);
+- our Python-based ``onnxruntime`` backend next to it, so ``backend: "onnxruntime"`` loads;
+- this interpreter's ``bin/`` first on PATH (the stub imports numpy/onnxruntime from it) and its
+  ``libpython3.x.so`` directory on LD_LIBRARY_PATH.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+from .procs import ManagedProcess, free_port
+
+_BACKENDS_SRC = Path(__file__).parent / "backends"
+
+
+def pytriton_root() -> Path:
+    """``site-packages/pytriton/tritonserver`` without importing pytriton (it pins numpy<2)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def build_backend_dir(dest: Path) -> Path:
+    """Lay out ``python/`` and ``onnxruntime/`` backends under ``dest``."""
+    root = pytriton_root()
+    python_dir = dest / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copyfile(root / "backends" / "python" / name, python_dir / name)
+    stub = python_dir / "triton_python_backend_stub"
+    stub.unlink(missing_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub.symlink_to(root / "python_backend_stubs" / version / "triton_python_backend_stub")
+    shutil.copytree(_BACKENDS_SRC / "onnxruntime", dest / "onnxruntime", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    return dest
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
+    env.update(extra or {})
+    return env
+
+
+class TritonServer(ManagedProcess):
+    """The real tritonserver on loopback ports; a context manager that always stops it."""
+
+    name = "tritonserver"
+
+    def __init__(
+        self,
+        model_repository: Path,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        workdir: Path | None = None,
+        poll_secs: int = 0,
+        env: dict[str, str] | None = None,
+        host: str = "127.0.0.1",
+        exit_timeout: int = 3,
+    ) -> None:
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="triton-"))
+        super().__init__(self.workdir / "tritonserver.log")
+        self.model_repository = Path(model_repository).resolve()
+        self.http_port = http_port or free_port()
+        self.grpc_port = grpc_port or free_port()
+        self.metrics_port = metrics_port or free_port()
+        self.poll_secs = poll_secs
+        self.extra_env = env or {}
+        self.host = host
+        self.exit_timeout = exit_timeout
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def command(self) -> list[str]:
+        backends = build_backend_dir(self.workdir / "backends")
+        cmd = [
+            str(pytriton_root() / "bin" / "tritonserver"),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={backends}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--pinned-memory-pool-byte-size=0",
+            "--allow-gpu-metrics=false",
+            "--backend-config=python,shm-default-byte-size=16777216",
+            # Keep-alive clients (the API) would otherwise hold a SIGTERM for 30 s.
+            f"--exit-timeout-secs={self.exit_timeout}",
+        ]
+        cmd += [f"--{svc}-address={self.host}" for svc in ("http", "grpc", "metrics")]
+        if self.poll_secs:
+            cmd += ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_secs}"]
+        return cmd
+
+    def start(self, timeout: float = 90.0) -> TritonServer:
+        """Start and wait until ``/v2/health/ready`` (every model loaded) answers 200."""
+        self._spawn(self.command(), server_env(self.extra_env))
+        self.wait_for(f"http://{self.url}/v2/health/ready", timeout)
+        return self
+
+    def stop(self, grace: float = 15.0) -> None:
+        super().stop(grace)
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if not self.running else self

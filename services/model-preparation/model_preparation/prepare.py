@@ -1,0 +1,147 @@
+"""Stage ``prepare``: data/raw/<class>/* → validated, letterboxed PNGs in sharded TFRecords.
+
+Every file goes through :func:`imgcls.preprocessing.load_image`, the same function the API uses.
+Unreadable files are skipped and counted in the data report; data that cannot train a classifier
+(no images, one class, an empty class) stops the stage with a clear error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imgcls.preprocessing import ImageError, load_image
+
+from .common import PREPARED, REPORTS, PipelineError, load_params, quiet_tensorflow, run_cli
+from .common import write_json
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: int
+
+
+def discover(raw_dir: Path) -> tuple[list[str], dict[str, list[Path]]]:
+    """Class names are the sub-folder names (sorted); hidden files and folders are ignored."""
+    if not raw_dir.is_dir():
+        raise PipelineError(f"no image folder at {raw_dir}: put images in {raw_dir}/<class>/")
+    classes = sorted(p.name for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files = {
+        c: sorted(p for p in (raw_dir / c).rglob("*") if p.is_file() and not p.name.startswith("."))
+        for c in classes
+    }
+    if not classes or not any(files.values()):
+        raise PipelineError(f"no images found under {raw_dir}: expected {raw_dir}/<class>/<image>")
+    if len(classes) < 2:
+        raise PipelineError(f"only one class ({classes[0]!r}) in {raw_dir}: a classifier needs ≥ 2")
+    empty = [c for c in classes if not files[c]]
+    if empty:
+        raise PipelineError(f"class folder(s) with no files: {', '.join(empty)}")
+    return classes, files
+
+
+def split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Stratified split: each class contributes ``val_fraction`` of its images (at least one)."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in sorted({s.label for s in samples}):
+        group = [s for s in samples if s.label == label]
+        order = rng.permutation(len(group))
+        n_val = max(1, round(val_fraction * len(group))) if len(group) > 1 else 0
+        val += [group[i] for i in order[:n_val]]
+        train += [group[i] for i in order[n_val:]]
+    return train, val
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def write_shards(name: str, items: list[tuple[bytes, int, str]], out_dir: Path, shard_size: int) -> int:
+    """Write ``name-0000i-of-0000n.tfrecord`` shards of (PNG bytes, label, source path)."""
+    quiet_tensorflow()
+    import tensorflow as tf
+
+    n_shards = max(1, -(-len(items) // shard_size))
+    for shard in range(n_shards):
+        path = out_dir / f"{name}-{shard:05d}-of-{n_shards:05d}.tfrecord"
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for png, label, source in items[shard * shard_size : (shard + 1) * shard_size]:
+                feature = {
+                    "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+                    "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                    "path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[source.encode()])),
+                }
+                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return n_shards
+
+
+def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: dict) -> dict:
+    size = int(params.get("image_size", 224))
+    classes, files = discover(raw_dir)
+    samples, encoded, skipped = [], {}, []
+    for label, name in enumerate(classes):
+        for path in files[name]:
+            try:
+                encoded[path] = _png(load_image(path, size))
+                samples.append(Sample(path, label))
+            except ImageError as exc:
+                skipped.append({"path": str(path), "class": name, "reason": exc.code, "detail": exc.message})
+    valid = Counter(classes[s.label] for s in samples)
+    unusable = [c for c in classes if valid[c] == 0]
+    if unusable:
+        raise PipelineError(f"no readable image in class folder(s): {', '.join(unusable)}")
+    train, val = split(samples, float(params.get("val_fraction", 0.2)), int(params.get("seed", 42)))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.tfrecord"):
+        old.unlink()
+    shard_size = int(params.get("shard_size", 512))
+    for name, part in (("train", train), ("val", val)):
+        write_shards(name, [(encoded[s.path], s.label, str(s.path)) for s in part], out_dir, shard_size)
+    (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
+    counts = {
+        c: {"train": sum(classes[s.label] == c for s in train), "val": sum(classes[s.label] == c for s in val)}
+        for c in classes
+    }
+    meta = {"image_size": size, "labels": classes, "num_train": len(train), "num_val": len(val)}
+    write_json(out_dir / "meta.json", meta)
+    report = {
+        "num_classes": len(classes),
+        "num_images": len(samples),
+        "num_train": len(train),
+        "num_val": len(val),
+        "num_skipped": len(skipped),
+        "per_class": counts,
+        "skipped": skipped,
+    }
+    write_json(report_path, report)
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
+    parser.add_argument("--out", type=Path, default=PREPARED)
+    parser.add_argument("--report", type=Path, default=REPORTS / "data.json")
+    args = parser.parse_args()
+    report = prepare(args.raw, args.out, args.report, load_params("prepare"))
+    print(
+        f"prepare: {report['num_classes']} classes, {report['num_train']} train / "
+        f"{report['num_val']} val images, {report['num_skipped']} skipped (see {args.report})"
+    )
+    for item in report["skipped"]:
+        print(f"  skipped {item['path']}: {item['reason']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
