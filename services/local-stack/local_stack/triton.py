@@ -42,8 +42,12 @@ def build_backend_dir(dest: Path) -> Path:
     stub.unlink(missing_ok=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub.symlink_to(root / "python_backend_stubs" / version / "triton_python_backend_stub")
-    shutil.copytree(_BACKENDS_SRC / "onnxruntime", dest / "onnxruntime", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(
+        _BACKENDS_SRC / "onnxruntime",
+        dest / "onnxruntime",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     return dest
 
 

@@ -27,13 +27,28 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         pts = [(math.cos(a), math.sin(a)) for a in np.arange(3) * 2 * math.pi / 3 - math.pi / 2]
     elif shape == "star":
         pts = [
-            ((1.0 if i % 2 == 0 else 0.45) * math.cos(a), (1.0 if i % 2 == 0 else 0.45) * math.sin(a))
+            (
+                (1.0 if i % 2 == 0 else 0.45) * math.cos(a),
+                (1.0 if i % 2 == 0 else 0.45) * math.sin(a),
+            )
             for i, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)
         ]
     elif shape == "cross":
         w = 0.33
-        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w),
-               (-1, w), (-1, -w), (-w, -w)]  # fmt: skip
+        pts = [
+            (-w, -1),
+            (w, -1),
+            (w, -w),
+            (1, -w),
+            (1, w),
+            (w, w),
+            (w, 1),
+            (-w, 1),
+            (-w, w),
+            (-1, w),
+            (-1, -w),
+            (-w, -w),
+        ]
     else:
         raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
     cos, sin = math.cos(angle), math.sin(angle)
@@ -41,11 +56,11 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
 
 
 def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, tuple[int, int, int]]:
-    """A background and a foreground colour whose brightness differs by at least 90."""
+    """A background and a foreground colour whose brightness differs by at least 100."""
     while True:
         bg = rng.integers(0, 256, 3)
         fg = rng.integers(0, 256, 3)
-        if abs(float(bg.mean()) - float(fg.mean())) >= 90:
+        if abs(float(bg.mean()) - float(fg.mean())) >= 100:
             return bg, (int(fg[0]), int(fg[1]), int(fg[2]))
 
 
@@ -53,11 +68,11 @@ def render(shape: str, rng: np.random.Generator, min_side: int, max_side: int) -
     """One random image of ``shape``."""
     width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
     bg, fg = _contrasting_colours(rng)
-    noise = rng.normal(0, 18, (height, width, 3))
+    noise = rng.normal(0, 10, (height, width, 3))
     canvas = np.clip(bg + noise, 0, 255).astype(np.uint8)
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
-    r = float(rng.uniform(0.18, 0.38)) * min(width, height)
+    r = float(rng.uniform(0.25, 0.45)) * min(width, height)
     cx = float(rng.uniform(r, width - r))
     cy = float(rng.uniform(r, height - r))
     if shape == "circle":
@@ -82,7 +97,9 @@ def generate(
         class_dir = out_dir / shape
         class_dir.mkdir(parents=True, exist_ok=True)
         for i in range(images_per_class):
-            render(shape, rng, min_side, max_side).save(class_dir / f"{shape}_{i:04d}.jpg", quality=90)
+            render(shape, rng, min_side, max_side).save(
+                class_dir / f"{shape}_{i:04d}.jpg", quality=90
+            )
             written += 1
     return written
 
@@ -95,8 +112,14 @@ def main() -> None:
     parser.add_argument("--images-per-class", type=int, default=params.get("images_per_class", 200))
     parser.add_argument("--seed", type=int, default=params.get("seed", 42))
     args = parser.parse_args()
-    n = generate(args.out, args.classes, args.images_per_class, args.seed,
-                 params.get("min_side", 96), params.get("max_side", 192))  # fmt: skip
+    n = generate(
+        args.out,
+        args.classes,
+        args.images_per_class,
+        args.seed,
+        params.get("min_side", 96),
+        params.get("max_side", 192),
+    )
     print(f"demo data: wrote {n} images of {len(args.classes)} classes to {args.out}")
 
 

@@ -67,7 +67,10 @@ def evaluate(model: Path, prepared: Path, out_dir: Path, params: dict) -> dict:
     write_json(out_dir / "metrics.json", result)
     write_json(
         out_dir / "confusion.json",
-        [{"actual": labels[a], "predicted": labels[p]} for a, p in zip(actual, predicted, strict=True)],
+        [
+            {"actual": labels[a], "predicted": labels[p]}
+            for a, p in zip(actual, predicted, strict=True)
+        ],
     )
     plot_confusion(matrix, labels, out_dir / "confusion.png")
     return result
@@ -82,7 +85,9 @@ def main() -> None:
     result = evaluate(args.model, args.prepared, args.out, load_params("evaluate"))
     print(f"evaluate: accuracy {result['accuracy']:.4f} on {result['num_images']} held-out images")
     for name, m in result["per_class"].items():
-        print(f"  {name:>12}: precision {m['precision']:.3f} recall {m['recall']:.3f} (n={m['support']})")
+        print(
+            f"  {name:>12}: precision {m['precision']:.3f} recall {m['recall']:.3f} (n={m['support']})"
+        )
 
 
 if __name__ == "__main__":

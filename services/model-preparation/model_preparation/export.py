@@ -12,8 +12,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .common import INPUT_NAME, KERAS_MODEL, ONNX_MODEL, OUTPUT_NAME, PREPARED, REPORTS
-from .common import PipelineError, load_params, quiet_tensorflow, read_json, run_cli, write_json
+from .common import (
+    INPUT_NAME,
+    KERAS_MODEL,
+    ONNX_MODEL,
+    OUTPUT_NAME,
+    PREPARED,
+    REPORTS,
+    PipelineError,
+    load_params,
+    quiet_tensorflow,
+    read_json,
+    run_cli,
+    write_json,
+)
 from .onnx_utils import predict, session, signature
 
 quiet_tensorflow()
@@ -51,7 +63,9 @@ def export(model_path: Path, prepared: Path, out: Path, report: Path, params: di
     onnx.save(proto, str(out))
 
     n = int(params.get("parity_samples", 16))
-    images = np.stack([img for img, _ in read_split(prepared, "val", size).take(n).as_numpy_iterator()])
+    images = np.stack(
+        [img for img, _ in read_split(prepared, "val", size).take(n).as_numpy_iterator()]
+    )
     expected = keras_model.predict(images, verbose=0)
     actual = predict(session(out), images)
     max_diff = float(np.max(np.abs(expected - actual)))
@@ -63,7 +77,11 @@ def export(model_path: Path, prepared: Path, out: Path, report: Path, params: di
         "samples": len(images),
         "top1_agreement": float(np.mean(expected.argmax(1) == actual.argmax(1))),
         "input": {"name": inputs[0].name, "type": inputs[0].triton_type, "dims": inputs[0].dims},
-        "output": {"name": outputs[0].name, "type": outputs[0].triton_type, "dims": outputs[0].dims},
+        "output": {
+            "name": outputs[0].name,
+            "type": outputs[0].triton_type,
+            "dims": outputs[0].dims,
+        },
     }
     write_json(report, result)
     if not max_diff <= tolerance:
@@ -80,8 +98,10 @@ def main() -> None:
     parser.add_argument("--report", type=Path, default=REPORTS / "export.json")
     args = parser.parse_args()
     result = export(args.model, args.prepared, args.out, args.report, load_params("export"))
-    print(f"export: {args.out}, ONNX vs Keras max abs diff {result['max_abs_diff']:.2e} "
-          f"on {result['samples']} images")  # fmt: skip
+    print(
+        f"export: {args.out}, ONNX vs Keras max abs diff {result['max_abs_diff']:.2e} "
+        f"on {result['samples']} images"
+    )
 
 
 if __name__ == "__main__":

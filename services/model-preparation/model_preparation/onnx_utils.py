@@ -49,5 +49,8 @@ def session(path: Path, threads: int = 0):
 def predict(sess, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Probabilities for uint8 images, in batches."""
     name = sess.get_inputs()[0].name
-    out = [sess.run(None, {name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    out = [
+        sess.run(None, {name: images[i : i + batch_size]})[0]
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

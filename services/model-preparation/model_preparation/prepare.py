@@ -18,8 +18,15 @@ from PIL import Image
 
 from imgcls.preprocessing import ImageError, load_image
 
-from .common import PREPARED, REPORTS, PipelineError, load_params, quiet_tensorflow, run_cli
-from .common import write_json
+from .common import (
+    PREPARED,
+    REPORTS,
+    PipelineError,
+    load_params,
+    quiet_tensorflow,
+    run_cli,
+    write_json,
+)
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,9 @@ def discover(raw_dir: Path) -> tuple[list[str], dict[str, list[Path]]]:
     return classes, files
 
 
-def split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split(
+    samples: list[Sample], val_fraction: float, seed: int
+) -> tuple[list[Sample], list[Sample]]:
     """Stratified split: each class contributes ``val_fraction`` of its images (at least one)."""
     rng = np.random.default_rng(seed)
     train, val = [], []
@@ -66,7 +75,9 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(name: str, items: list[tuple[bytes, int, str]], out_dir: Path, shard_size: int) -> int:
+def write_shards(
+    name: str, items: list[tuple[bytes, int, str]], out_dir: Path, shard_size: int
+) -> int:
     """Write ``name-0000i-of-0000n.tfrecord`` shards of (PNG bytes, label, source path)."""
     quiet_tensorflow()
     import tensorflow as tf
@@ -79,9 +90,15 @@ def write_shards(name: str, items: list[tuple[bytes, int, str]], out_dir: Path, 
                 feature = {
                     "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
                     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-                    "path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[source.encode()])),
+                    "path": tf.train.Feature(
+                        bytes_list=tf.train.BytesList(value=[source.encode()])
+                    ),
                 }
-                writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+                writer.write(
+                    tf.train.Example(
+                        features=tf.train.Features(feature=feature)
+                    ).SerializeToString()
+                )
     return n_shards
 
 
@@ -95,7 +112,9 @@ def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: dict) -> di
                 encoded[path] = _png(load_image(path, size))
                 samples.append(Sample(path, label))
             except ImageError as exc:
-                skipped.append({"path": str(path), "class": name, "reason": exc.code, "detail": exc.message})
+                skipped.append(
+                    {"path": str(path), "class": name, "reason": exc.code, "detail": exc.message}
+                )
     valid = Counter(classes[s.label] for s in samples)
     unusable = [c for c in classes if valid[c] == 0]
     if unusable:
@@ -107,10 +126,15 @@ def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: dict) -> di
         old.unlink()
     shard_size = int(params.get("shard_size", 512))
     for name, part in (("train", train), ("val", val)):
-        write_shards(name, [(encoded[s.path], s.label, str(s.path)) for s in part], out_dir, shard_size)
+        write_shards(
+            name, [(encoded[s.path], s.label, str(s.path)) for s in part], out_dir, shard_size
+        )
     (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
     counts = {
-        c: {"train": sum(classes[s.label] == c for s in train), "val": sum(classes[s.label] == c for s in val)}
+        c: {
+            "train": sum(classes[s.label] == c for s in train),
+            "val": sum(classes[s.label] == c for s in val),
+        }
         for c in classes
     }
     meta = {"image_size": size, "labels": classes, "num_train": len(train), "num_val": len(val)}

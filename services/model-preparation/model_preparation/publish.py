@@ -13,8 +13,16 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from .common import ONNX_MODEL, PREPARED, REPORTS, PipelineError, load_params, read_labels, run_cli
-from .common import write_json
+from .common import (
+    ONNX_MODEL,
+    PREPARED,
+    REPORTS,
+    PipelineError,
+    load_params,
+    read_labels,
+    run_cli,
+    write_json,
+)
 from .onnx_utils import TensorSpec, signature
 
 
@@ -22,7 +30,9 @@ def _dims(spec: TensorSpec) -> str:
     return "[ " + ", ".join(str(d) for d in spec.dims) + " ]"
 
 
-def render_config(name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], params: dict) -> str:
+def render_config(
+    name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], params: dict
+) -> str:
     """config.pbtxt for the official image's native ONNX Runtime backend (and the local shim)."""
     (inp,), (out,) = inputs, outputs
     preferred = ", ".join(str(b) for b in params.get("preferred_batch_sizes", [4, 8]))
@@ -66,12 +76,16 @@ def publish(model: Path, labels_file: Path, repository: Path, params: dict) -> d
     if len(inputs) != 1 or len(outputs) != 1:
         raise PipelineError(f"{model} must have one input and one output")
     if outputs[0].dims != [len(labels)]:
-        raise PipelineError(f"model outputs {outputs[0].dims} classes but there are {len(labels)} labels")
+        raise PipelineError(
+            f"model outputs {outputs[0].dims[0]} classes but there are {len(labels)} labels"
+        )
     target = repository / name
     (target / version).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, target / version / "model.onnx")
     (target / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
-    (target / "config.pbtxt").write_text(render_config(name, inputs, outputs, params), encoding="utf-8")
+    (target / "config.pbtxt").write_text(
+        render_config(name, inputs, outputs, params), encoding="utf-8"
+    )
     digest = hashlib.md5((target / version / "model.onnx").read_bytes()).hexdigest()
     return {"model_name": name, "version": version, "num_classes": len(labels), "md5": digest}
 
@@ -85,8 +99,10 @@ def main() -> None:
     args = parser.parse_args()
     receipt = publish(args.model, args.labels, args.repository, load_params("publish"))
     write_json(args.receipt, receipt)
-    print(f"publish: {args.repository}/{receipt['model_name']}/{receipt['version']}/model.onnx "
-          f"({receipt['num_classes']} classes); run `dvc commit model.dvc` to version it")  # fmt: skip
+    print(
+        f"publish: {args.repository}/{receipt['model_name']}/{receipt['version']}/model.onnx "
+        f"({receipt['num_classes']} classes); run `dvc commit model.dvc` to version it"
+    )
 
 
 if __name__ == "__main__":

@@ -11,8 +11,17 @@ import argparse
 import time
 from pathlib import Path
 
-from .common import KERAS_MODEL, PREPARED, INPUT_NAME, OUTPUT_NAME, PipelineError, load_params
-from .common import quiet_tensorflow, read_json, run_cli
+from .common import (
+    INPUT_NAME,
+    KERAS_MODEL,
+    OUTPUT_NAME,
+    PREPARED,
+    PipelineError,
+    load_params,
+    quiet_tensorflow,
+    read_json,
+    run_cli,
+)
 
 quiet_tensorflow()
 import keras  # noqa: E402
@@ -93,7 +102,10 @@ class EpochLine(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         parts = " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k != "learning_rate")
-        print(f"epoch {epoch + 1}/{self.epochs} {parts} ({time.monotonic() - self.started:.0f}s)", flush=True)
+        print(
+            f"epoch {epoch + 1}/{self.epochs} {parts} ({time.monotonic() - self.started:.0f}s)",
+            flush=True,
+        )
 
 
 def train(prepared: Path, out: Path, params: dict, live_dir: Path) -> keras.Model:
@@ -105,16 +117,20 @@ def train(prepared: Path, out: Path, params: dict, live_dir: Path) -> keras.Mode
     seed = int(params.get("seed", 42))
     keras.utils.set_random_seed(seed)
     model = build_model(size, len(labels), float(params.get("bn_momentum", 0.9)))
-    model.compile(optimizer=make_optimizer(params), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])  # fmt: skip
+    model.compile(
+        optimizer=make_optimizer(params),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     epochs = int(params.get("epochs", 10))
     batch = int(params.get("batch_size", 32))
     val = read_split(prepared, "val", size).batch(batch).cache().repeat()
     val_steps = max(1, -(-int(meta["num_val"]) // batch))
     checkpoint = out.with_suffix(".best.keras")
     callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=int(params.get("patience", 3)),
-                                      restore_best_weights=True),  # fmt: skip
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=int(params.get("patience", 3)), restore_best_weights=True
+        ),
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True),
         EpochLine(epochs),
     ]

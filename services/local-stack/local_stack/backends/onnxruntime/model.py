@@ -44,7 +44,7 @@ class TritonPythonModel:
             pb_utils.InferenceResponse(
                 output_tensors=[
                     pb_utils.Tensor(name, out[bounds[i] : bounds[i + 1]])
-                    for name, out in zip(self.output_names, results)
+                    for name, out in zip(self.output_names, results, strict=True)
                 ]
             )
             for i in range(len(requests))

@@ -1,0 +1,27 @@
+"""Flask API in front of Triton: ``create_app`` is the only entry point (gunicorn, tests)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from .errors import register_error_handlers
+from .routes import bp
+from .settings import Settings
+from .triton import TritonGateway
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the app; ``config`` overrides the environment (keys are Settings field names)."""
+    settings = Settings.from_env().override(config)
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
+    app.json.sort_keys = False
+    app.extensions["triton"] = TritonGateway(settings)
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return app

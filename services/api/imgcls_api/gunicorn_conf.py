@@ -1,0 +1,20 @@
+"""gunicorn settings for the API (``gunicorn -c python:imgcls_api.gunicorn_conf``).
+
+gthread workers: each worker thread keeps its own Triton client (tritonclient.http is not
+thread-safe), and concurrent requests reach Triton concurrently so dynamic batching can form
+batches. Threads mostly wait on Triton or decode images in Pillow (which releases the GIL).
+"""
+
+import os
+
+bind = os.environ.get("API_BIND", "0.0.0.0:5000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gthread"
+threads = int(os.environ.get("API_THREADS", "8"))
+timeout = int(os.environ.get("API_WORKER_TIMEOUT", "60"))
+graceful_timeout = 10
+keepalive = 5
+accesslog = os.environ.get("API_ACCESS_LOG", "-")
+errorlog = "-"
+loglevel = os.environ.get("API_LOG_LEVEL", "info")
+wsgi_app = "imgcls_api:create_app()"

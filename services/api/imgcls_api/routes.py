@@ -1,0 +1,101 @@
+"""HTTP routes: health, readiness and prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
+
+from . import inputs
+from .errors import ApiError
+from .settings import Settings
+from .triton import ModelInfo, TritonGateway
+
+bp = Blueprint("api", __name__)
+
+
+def _gateway() -> TritonGateway:
+    return current_app.extensions["triton"]
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+@bp.get("/healthz")
+def healthz():
+    """The API process is alive (says nothing about Triton)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when Triton answers and the model is loaded; 503 otherwise."""
+    gateway = _gateway()
+    try:
+        if not gateway.model_ready():
+            raise ApiError(
+                503,
+                "model_not_ready",
+                f"model {_settings().model_name!r} is not ready",
+                retry_after=_settings().retry_after_s,
+            )
+        info = gateway.model_info()
+    except ApiError as exc:
+        return jsonify(
+            {"status": "not_ready", "error": {"code": exc.code, "message": exc.message}}
+        ), 503
+    return jsonify({"status": "ready", "model": _model_json(info), "labels": list(info.labels)})
+
+
+@bp.post("/predict")
+def predict():
+    """Classify the image(s) in the body; one result, or a list for several images."""
+    settings = _settings()
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        # Refuse before talking to Triton or reading the body.
+        raise ApiError(413, "payload_too_large", f"the body exceeds {settings.max_upload_mb:g} MB")
+    top_k = _top_k()
+    gateway = _gateway()
+    info = gateway.model_info()
+    images = inputs.decode(request, info.size, settings.max_image_pixels, settings.max_batch_images)
+    probs, info = gateway.infer(np.stack(images))
+    results = [_result(p, info.labels, top_k) for p in probs]
+    body = {"model": _model_json(info)}
+    if len(results) == 1 and not _is_batch_request():
+        body.update(results[0])
+    else:
+        body["results"] = results
+    return jsonify(body)
+
+
+def _top_k() -> int | None:
+    raw = request.args.get("top_k")
+    if raw is None:
+        return None
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_top_k", "top_k must be a positive integer") from exc
+    if value < 1:
+        raise ApiError(400, "invalid_top_k", "top_k must be a positive integer")
+    return value
+
+
+def _is_batch_request() -> bool:
+    """Several parts, JSON instances and .npy batches answer with a list, even of one."""
+    return request.mimetype != "multipart/form-data" or len(request.files.getlist("image")) > 1
+
+
+def _result(probs: np.ndarray, labels: tuple[str, ...], top_k: int | None) -> dict:
+    order = np.argsort(-probs, kind="stable")[: top_k or len(probs)]
+    ranked = [{"label": labels[i], "probability": float(probs[i])} for i in order]
+    return {
+        "label": ranked[0]["label"],
+        "probability": ranked[0]["probability"],
+        "predictions": ranked,
+    }
+
+
+def _model_json(info: ModelInfo) -> dict:
+    return {"name": info.name, "version": info.version}

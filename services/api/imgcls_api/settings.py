@@ -1,0 +1,40 @@
+"""API settings: environment variables with defaults that work for ``make up``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Settings:
+    triton_url: str = "127.0.0.1:8000"  # host:port of Triton's HTTP endpoint
+    model_name: str = "resnet50v2"
+    model_version: str = ""  # "" = whatever Triton serves as latest
+    triton_timeout_s: float = 10.0  # an inference slower than this is a 504
+    connect_timeout_s: float = 2.0  # an unreachable Triton is a fast 503
+    max_upload_mb: float = 20.0  # request bodies above this are a 413
+    max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked before decoding
+    max_batch_images: int = 32  # images per request
+    model_info_ttl_s: float = 30.0  # re-read model metadata at least this often
+    retry_after_s: int = 2  # Retry-After header on 503
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """``TRITON_URL``, ``MODEL_NAME``, ``MAX_UPLOAD_MB``… (the field name, upper-cased)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = type(getattr(cls, f.name))(raw)
+        return cls(**values)
+
+    def override(self, mapping: dict[str, Any] | None) -> Settings:
+        """Apply ``create_app(config=...)`` overrides given by field name (any case)."""
+        if not mapping:
+            return self
+        known = {f.name for f in fields(self)}
+        updates = {k.lower(): v for k, v in mapping.items() if k.lower() in known}
+        return replace(self, **updates)

@@ -1,0 +1,197 @@
+"""The one Triton client wrapper of the API.
+
+- ``tritonclient.http`` (geventhttpclient) is not thread-safe: each thread gets its own client.
+- What the model expects (input name/shape/type, output name, labels, batch limit) is read from
+  Triton — metadata, config, and one classification request for the label order from the
+  model's own ``labels.txt`` — at start-up and again whenever a response carries a new model
+  version, or the cached copy is older than ``model_info_ttl_s``.
+- Tensors travel with the binary data extension, not as JSON numbers.
+- Connection failures become 503 (with Retry-After), time-outs 504: never a hang, never a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from .errors import ApiError
+from .settings import Settings
+
+_TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (socket.timeout, TimeoutError)
+try:  # geventhttpclient raises gevent's Timeout on network_timeout
+    from gevent import Timeout as _GeventTimeout
+
+    _TIMEOUT_ERRORS = (*_TIMEOUT_ERRORS, _GeventTimeout)
+except ImportError:  # pragma: no cover
+    pass
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    input_name: str
+    input_dtype: str
+    height: int
+    width: int
+    output_name: str
+    labels: tuple[str, ...]
+    max_batch_size: int
+    fetched_at: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.height, self.width
+
+
+class TritonGateway:
+    """Thread-safe access to one model on one Triton server."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._info: ModelInfo | None = None
+
+    # -- clients ---------------------------------------------------------------------------
+    def _client(self) -> httpclient.InferenceServerClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = httpclient.InferenceServerClient(
+                self.settings.triton_url,
+                connection_timeout=self.settings.connect_timeout_s,
+                network_timeout=self.settings.triton_timeout_s,
+            )
+            self._local.client = client
+        return client
+
+    def _drop_client(self) -> None:
+        """Forget this thread's client after a network failure so the next call reconnects."""
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        if client is not None:
+            with contextlib.suppress(Exception):  # closing a broken client must not raise
+                client.close()
+
+    def _call(self, fn, *args, **kwargs):
+        """Run one client call, translating transport failures into API errors."""
+        try:
+            return fn(self._client(), *args, **kwargs)
+        except InferenceServerException as exc:
+            raise self._translate(exc) from exc
+        except _TIMEOUT_ERRORS as exc:
+            self._drop_client()
+            raise ApiError(
+                504,
+                "triton_timeout",
+                f"Triton did not answer within {self.settings.triton_timeout_s:g}s",
+            ) from exc
+        except (OSError, ConnectionError) as exc:
+            self._drop_client()
+            raise self._unavailable(f"Triton is unreachable at {self.settings.triton_url}") from exc
+
+    def _unavailable(self, message: str) -> ApiError:
+        return ApiError(503, "triton_unavailable", message, retry_after=self.settings.retry_after_s)
+
+    def _translate(self, exc: InferenceServerException) -> ApiError:
+        text = str(exc.message() or exc)
+        lowered = text.lower()
+        if any(s in lowered for s in ("unknown model", "not ready", "unavailable", "not found")):
+            with self._lock:
+                self._info = None
+            return self._unavailable(f"model {self.settings.model_name!r} is not ready: {text}")
+        if "timeout" in lowered or "deadline" in lowered:
+            return ApiError(504, "triton_timeout", text)
+        return ApiError(502, "triton_error", f"Triton refused the request: {text}")
+
+    # -- health ----------------------------------------------------------------------------
+    def live(self) -> bool:
+        return bool(self._call(lambda c: c.is_server_live()))
+
+    def model_ready(self) -> bool:
+        s = self.settings
+        return bool(self._call(lambda c: c.is_model_ready(s.model_name, s.model_version)))
+
+    # -- model information -----------------------------------------------------------------
+    def model_info(self, refresh: bool = False) -> ModelInfo:
+        info = self._info
+        stale = info is None or time.monotonic() - info.fetched_at > self.settings.model_info_ttl_s
+        if refresh or stale:
+            with self._lock:
+                if refresh or self._info is info:
+                    self._info = self._fetch_info()
+                info = self._info
+        assert info is not None
+        return info
+
+    def _fetch_info(self) -> ModelInfo:
+        s = self.settings
+        meta = self._call(lambda c: c.get_model_metadata(s.model_name, s.model_version))
+        config = self._call(lambda c: c.get_model_config(s.model_name, s.model_version))
+        (inp,), (out,) = meta["inputs"], meta["outputs"]
+        shape = [int(d) for d in inp["shape"]]
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ApiError(502, "unsupported_model", f"model input shape {shape} is not N×H×W×3")
+        partial = ModelInfo(
+            name=meta["name"],
+            version=s.model_version or max(meta.get("versions", ["1"]), key=int),
+            input_name=inp["name"],
+            input_dtype=inp["datatype"],
+            height=shape[1],
+            width=shape[2],
+            output_name=out["name"],
+            labels=(),
+            max_batch_size=int(config.get("max_batch_size", 0)) or 1,
+            fetched_at=time.monotonic(),
+        )
+        num_classes = int(out["shape"][-1])
+        return replace(partial, labels=self._labels(partial, num_classes))
+
+    def _labels(self, info: ModelInfo, num_classes: int) -> tuple[str, ...]:
+        """Label order from the model's labels file, via Triton's classification extension."""
+        probe = np.zeros((1, info.height, info.width, 3), dtype=_NP_TYPES[info.input_dtype])
+        result = self._infer_raw(info, probe, class_count=num_classes)
+        labels = [""] * num_classes
+        for entry in result.as_numpy(info.output_name).reshape(-1)[:num_classes]:
+            _score, index, *label = entry.decode().split(":", 2)
+            labels[int(index)] = label[0] if label else index
+        return tuple(labels)
+
+    # -- inference -------------------------------------------------------------------------
+    def _infer_raw(self, info: ModelInfo, batch: np.ndarray, class_count: int = 0):
+        tensor = httpclient.InferInput(info.input_name, list(batch.shape), info.input_dtype)
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        output = httpclient.InferRequestedOutput(
+            info.output_name, binary_data=True, class_count=class_count
+        )
+        return self._call(
+            lambda c: c.infer(
+                info.name, [tensor], model_version=self.settings.model_version, outputs=[output]
+            )
+        )
+
+    def infer(self, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+        """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size."""
+        info = self.model_info()
+        parts = []
+        for start in range(0, len(images), info.max_batch_size):
+            chunk = np.ascontiguousarray(images[start : start + info.max_batch_size])
+            result = self._infer_raw(info, chunk.astype(_NP_TYPES[info.input_dtype], copy=False))
+            served = str(result.get_response().get("model_version", info.version))
+            if served != info.version:
+                # A new version went live: re-read shape and labels before answering with them.
+                info = self.model_info(refresh=True)
+                if (chunk.shape[1], chunk.shape[2]) != info.size:
+                    raise self._unavailable("the model changed during the request; retry")
+            parts.append(result.as_numpy(info.output_name))
+        return np.concatenate(parts), info
+
+
+_NP_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}

@@ -1,0 +1,121 @@
+"""Shared fixtures: a tiny real project (DVC pipeline run once per session), real Triton, real API.
+
+Everything started here is stopped here, whatever the tests do.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+# Small enough for CI on 2 cores, big enough that the model must learn the shapes.
+TINY_PARAMS = {
+    "demo": {"images_per_class": 120, "min_side": 64, "max_side": 128},
+    "prepare": {"image_size": 48},
+    "train": {"epochs": 8, "steps_per_epoch": 12, "batch_size": 32, "patience": 8},
+    "export": {"parity_samples": 8},
+    "publish": {"max_batch_size": 16},
+}
+
+
+def run(
+    cmd: list[str] | str, cwd: Path, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run a command the way a user would in that directory (venv first on PATH)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_TERMINAL_PROMPT": "0"})
+    result = subprocess.run(
+        cmd,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        shell=isinstance(cmd, str),
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode})\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def make_project(dest: Path, params_override: dict | None = None) -> Path:
+    """A git + DVC checkout of this project's pipeline, with its own params."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "model.dvc"):
+        if (REPO / name).exists():
+            shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(
+        REPO / "services",
+        dest / "services",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(
+        yaml.safe_dump(merge(params, params_override or {}), sort_keys=False)
+    )
+    run(
+        "git init -q && git config user.email t@example.invalid && git config user.name tests", dest
+    )
+    run("dvc init -q && dvc config core.analytics false", dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """The real pipeline (`dvc repro`) on a tiny demo dataset with one corrupt file in it."""
+    root = make_project(tmp_path_factory.mktemp("tiny") / "project", TINY_PARAMS)
+    run([sys.executable, "-m", "model_preparation.demo_data"], root)
+    (root / "data/raw/circle/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    run("dvc add -q data && dvc repro && dvc commit -q -f model.dvc", root)
+    run("git add -A && git commit -qm 'tiny project'", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def model_repository(tiny_project: Path) -> Path:
+    return tiny_project / "model_repository"
+
+
+@pytest.fixture(scope="session")
+def triton(model_repository: Path, tmp_path_factory):
+    """The real tritonserver serving the tiny model, stopped at the end of the session."""
+    from local_stack.triton import TritonServer
+
+    server = TritonServer(model_repository, workdir=tmp_path_factory.mktemp("triton"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def api(triton, tmp_path_factory):
+    """The real API under gunicorn, talking to the real Triton."""
+    from local_stack.api import ApiServer
+
+    server = ApiServer(triton.url, workdir=tmp_path_factory.mktemp("api"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,76 @@
+"""Small generated test images (nothing binary is committed): one function per hostile case."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def gradient(width: int = 80, height: int = 40) -> Image.Image:
+    """An RGB image whose left and right halves differ (so orientation is checkable)."""
+    arr = np.zeros((height, width, 3), np.uint8)
+    arr[:, : width // 2] = (255, 0, 0)
+    arr[:, width // 2 :] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+def jpeg(width: int = 80, height: int = 40, quality: int = 95) -> bytes:
+    return encode(gradient(width, height), "JPEG", quality=quality)
+
+
+def exif_rotated_jpeg() -> bytes:
+    """Stored 80x40 landscape, EXIF orientation 6 (rotate 90° CW to display as 40x80)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(gradient(80, 40), "JPEG", quality=95, exif=exif.tobytes())
+
+
+def png_rgba() -> bytes:
+    img = gradient().convert("RGBA")
+    img.putalpha(128)
+    return encode(img, "PNG")
+
+
+def png_16bit_gray() -> bytes:
+    arr = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (32, 1))
+    return encode(Image.fromarray(arr), "PNG")
+
+
+def gif_palette() -> bytes:
+    return encode(gradient().convert("P", palette=Image.Palette.ADAPTIVE), "GIF")
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(gradient().convert("CMYK"), "JPEG")
+
+
+def grayscale_png() -> bytes:
+    return encode(gradient().convert("L"), "PNG")
+
+
+def multiframe_tiff() -> bytes:
+    frames = [gradient(), Image.new("RGB", (80, 40), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+def truncated_jpeg() -> bytes:
+    data = jpeg(200, 200)
+    return data[: len(data) // 2]
+
+
+def decompression_bomb(side: int = 20000) -> bytes:
+    """A tiny PNG header-declared as side×side pixels (1-bit, compresses to almost nothing)."""
+    return encode(Image.new("1", (side, side)), "PNG")
+
+
+TEXT_AS_JPG = b"this is not an image, just a text file named photo.jpg\n"

@@ -1,0 +1,77 @@
+"""API behaviour that needs no Triton: health, settings, and failing fast when Triton is away."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from imgcls_api import create_app
+from imgcls_api.settings import Settings
+from local_stack.procs import free_port
+from tests import images
+
+
+@pytest.fixture()
+def client_without_triton():
+    app = create_app({"triton_url": f"127.0.0.1:{free_port()}", "connect_timeout_s": 0.5})
+    return app.test_client()
+
+
+def test_healthz_is_independent_of_triton(client_without_triton):
+    resp = client_without_triton.get("/healthz")
+    assert resp.status_code == 200 and resp.get_json() == {"status": "ok"}
+
+
+def test_readyz_is_503_when_triton_is_unreachable(client_without_triton):
+    resp = client_without_triton.get("/readyz")
+    assert resp.status_code == 503
+    assert resp.get_json()["status"] == "not_ready"
+
+
+def test_predict_fails_fast_with_503_and_retry_after(client_without_triton):
+    started = time.monotonic()
+    resp = client_without_triton.post(
+        "/predict", data={"image": (io.BytesIO(images.jpeg()), "x.jpg")}
+    )
+    assert time.monotonic() - started < 2.0
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"]
+    assert resp.get_json()["error"]["code"] == "triton_unavailable"
+
+
+def test_unknown_route_is_json_404(client_without_triton):
+    resp = client_without_triton.get("/nope")
+    assert resp.status_code == 404 and resp.is_json
+    assert resp.get_json()["error"]["code"] == "not_found"
+
+
+def test_settings_from_environment_and_overrides():
+    settings = Settings.from_env(
+        {"TRITON_URL": "triton:8000", "MAX_UPLOAD_MB": "5", "MODEL_NAME": "m"}
+    )
+    assert (settings.triton_url, settings.max_upload_mb, settings.model_name) == (
+        "triton:8000",
+        5.0,
+        "m",
+    )
+    assert settings.override({"MODEL_NAME": "other"}).model_name == "other"
+
+
+def test_body_limit_comes_from_settings():
+    app = create_app({"max_upload_mb": 1})
+    assert app.config["MAX_CONTENT_LENGTH"] == 1024 * 1024
+    resp = app.test_client().post(
+        "/predict", data={"image": (io.BytesIO(b"x" * (2 << 20)), "big.jpg")}
+    )
+    assert resp.status_code == 413 and resp.get_json()["error"]["code"] == "payload_too_large"
+
+
+def test_api_package_does_not_import_tensorflow():
+    import subprocess
+    import sys
+
+    code = "import sys, imgcls_api; imgcls_api.create_app(); print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
