@@ -75,3 +75,32 @@ def test_api_package_does_not_import_tensorflow():
     code = "import sys, imgcls_api; imgcls_api.create_app(); print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_request_id_is_returned_and_propagated(client_without_triton):
+    generated = client_without_triton.get("/healthz").headers["X-Request-ID"]
+    assert len(generated) == 32
+    echoed = client_without_triton.get("/healthz", headers={"X-Request-ID": "abc-123"})
+    assert echoed.headers["X-Request-ID"] == "abc-123"
+
+
+def test_prometheus_metrics_count_requests_by_route_and_status(client_without_triton):
+    client_without_triton.get("/healthz")
+    client_without_triton.get("/readyz")
+    text = client_without_triton.get("/metrics").get_data(as_text=True)
+    assert 'api_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'api_requests_total{method="GET",route="/readyz",status="503"}' in text
+    assert "api_request_duration_seconds_bucket" in text and "api_requests_in_flight" in text
+
+
+def test_logs_are_json_with_the_request_id(client_without_triton, capsys):
+    import json
+    import logging
+
+    stream = logging.getLogger().handlers[0]
+    stream.setStream(__import__("sys").stderr)
+    client_without_triton.get("/healthz", headers={"X-Request-ID": "log-me"})
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+    assert any(r.get("request_id") == "log-me" and r.get("status") == 200 for r in lines)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
 
+from . import observability
 from .errors import register_error_handlers
 from .routes import bp
 from .settings import Settings
@@ -21,7 +21,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False
     app.extensions["triton"] = TritonGateway(settings)
+    observability.configure_logging()
+    observability.init_app(app)
     register_error_handlers(app)
     app.register_blueprint(bp)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     return app

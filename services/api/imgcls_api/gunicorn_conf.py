@@ -6,6 +6,11 @@ batches. Threads mostly wait on Triton or decode images in Pillow (which release
 """
 
 import os
+import tempfile
+
+# prometheus_client multiprocess mode: every worker writes its samples here, /metrics sums them.
+# Must be set before a worker imports prometheus_client (workers import the app after fork).
+os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgcls-metrics-"))
 
 bind = os.environ.get("API_BIND", "0.0.0.0:5000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -14,7 +19,14 @@ threads = int(os.environ.get("API_THREADS", "8"))
 timeout = int(os.environ.get("API_WORKER_TIMEOUT", "60"))
 graceful_timeout = 10
 keepalive = 5
-accesslog = os.environ.get("API_ACCESS_LOG", "-")
+accesslog = os.environ.get("API_ACCESS_LOG") or None  # the app logs each request as JSON
 errorlog = "-"
 loglevel = os.environ.get("API_LOG_LEVEL", "info")
 wsgi_app = "imgcls_api:create_app()"
+
+
+def child_exit(server, worker):
+    """Drop a dead worker's live gauges from the multiprocess metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from .errors import ApiError
+from .observability import TRITON_LATENCY
 from .settings import Settings
 
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (socket.timeout, TimeoutError)
@@ -171,11 +172,12 @@ class TritonGateway:
         output = httpclient.InferRequestedOutput(
             info.output_name, binary_data=True, class_count=class_count
         )
-        return self._call(
-            lambda c: c.infer(
-                info.name, [tensor], model_version=self.settings.model_version, outputs=[output]
+        with TRITON_LATENCY.time():
+            return self._call(
+                lambda c: c.infer(
+                    info.name, [tensor], model_version=self.settings.model_version, outputs=[output]
+                )
             )
-        )
 
     def infer(self, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
         """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size."""

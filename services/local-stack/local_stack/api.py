@@ -21,7 +21,7 @@ class ApiServer(ManagedProcess):
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
     ) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="api-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="api-")).resolve()
         super().__init__(self.workdir / "api.log")
         self.port = port or free_port()
         self.host = host

@@ -77,7 +77,7 @@ class TritonServer(ManagedProcess):
         host: str = "127.0.0.1",
         exit_timeout: int = 3,
     ) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="triton-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="triton-")).resolve()
         super().__init__(self.workdir / "tritonserver.log")
         self.model_repository = Path(model_repository).resolve()
         self.http_port = http_port or free_port()

@@ -1,0 +1,110 @@
+"""Request ids, structured JSON logs and Prometheus metrics for the API.
+
+Metrics work under gunicorn's several worker processes through prometheus_client's multiprocess
+mode (``PROMETHEUS_MULTIPROC_DIR``, set up in ``gunicorn_conf.py``); in a single process (tests,
+``flask run``) the default registry is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+
+from flask import Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+REQUESTS = Counter("api_requests_total", "HTTP requests", ["route", "method", "status"])
+LATENCY = Histogram(
+    "api_request_duration_seconds",
+    "HTTP request latency",
+    ["route", "method", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+TRITON_LATENCY = Histogram(
+    "api_triton_request_duration_seconds",
+    "Latency of inference calls to Triton",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+IN_FLIGHT = Gauge("api_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key in ("request_id", "route", "status", "duration_ms", "method"):
+            if hasattr(record, key):
+                payload[key] = getattr(record, key)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload)
+
+
+def configure_logging() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        root.handlers = [handler]
+    root.setLevel(os.environ.get("API_LOG_LEVEL", "INFO").upper())
+
+
+def init_app(app: Flask) -> None:
+    log = logging.getLogger("imgcls_api.access")
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if 0 < len(incoming) <= 128 else uuid.uuid4().hex
+        g.started = time.perf_counter()
+        IN_FLIGHT.inc()
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        IN_FLIGHT.dec()
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        elapsed = time.perf_counter() - g.get("started", time.perf_counter())
+        labels = (route, request.method, str(response.status_code))
+        REQUESTS.labels(*labels).inc()
+        LATENCY.labels(*labels).observe(elapsed)
+        response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
+        log.info(
+            "request",
+            extra={
+                "request_id": g.get("request_id"),
+                "route": route,
+                "method": request.method,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
+        return response
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus exposition of this API (all gunicorn workers together)."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = REGISTRY
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
