@@ -67,5 +67,19 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+BENCH_VENV := .cache/bench-venv
+BENCH_ARGS ?=
+
+$(BENCH_VENV)/.installed: requirements/bench.txt
+	@echo "[bench] creating $(BENCH_VENV) for the Ray Serve peer (optional; ~1 GB)"
+	@$(PYTHON) -m venv $(BENCH_VENV)
+	@$(BENCH_VENV)/bin/python -m pip install -q -r requirements/bench.txt 2>&1 | grep -v "is ignored" || true
+	@$(BENCH_VENV)/bin/python -c "import ray, onnxruntime" && touch $@ || \
+		echo "[bench] Ray Serve could not be installed: its row will be skipped"
+
+bench: $(STAMP)
+	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || true
+	$(BIN)/python -m imgcls_bench $(BENCH_ARGS)
+
 clean:
 	rm -rf .cache .pytest_cache .ruff_cache

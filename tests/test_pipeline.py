@@ -69,8 +69,19 @@ def test_served_files_are_consistent_with_the_graph(tiny_project):
     assert re.search(rf"dims: \[ {len(labels)} \]", config)
     assert _md5(repo / "1/model.onnx") == _md5(tiny_project / "artifacts/model.onnx")
     tracked = yaml.safe_load((tiny_project / "model.dvc").read_text())["outs"][0]
-    assert tracked["path"] == "model_repository/resnet50v2/1/model.onnx"
+    assert tracked["path"] == "model_repository/resnet50v2/1/model.onnx"  # what Triton serves
     assert tracked["md5"] == _md5(repo / "1/model.onnx")
+
+
+def test_int8_model_is_quantized_evaluated_and_served_beside_fp32(tiny_project):
+    report = _json(tiny_project / "artifacts/reports/int8.json")
+    assert report["top1_agreement"] >= 0.8 and report["int8_accuracy"] >= 0.5, report
+    int8 = onnx.load(str(tiny_project / "model_repository/resnet50v2_int8/1/model.onnx"))
+    assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
+    config = (tiny_project / "model_repository/resnet50v2_int8/config.pbtxt").read_text()
+    assert 'name: "resnet50v2_int8"' in config and re.search(r"dims: \[ 3 \]", config)
+    tracked = [o["path"] for o in yaml.safe_load((tiny_project / "model.dvc").read_text())["outs"]]
+    assert "model_repository/resnet50v2_int8/1/model.onnx" in tracked
 
 
 def test_data_report_counts_splits_and_the_skipped_file(tiny_project):
@@ -82,9 +93,9 @@ def test_data_report_counts_splits_and_the_skipped_file(tiny_project):
         "corrupt_image",
     }
     per_class = report["per_class"]
-    assert per_class["circle"] == {"train": 95, "val": 24}  # 119 readable, 20 % held out
-    assert per_class["square"] == {"train": 96, "val": 24}
-    assert report["num_train"] + report["num_val"] == report["num_images"] == 359
+    assert per_class["circle"] == {"train": 240, "val": 60}  # the broken file is not counted
+    assert per_class["square"] == {"train": 240, "val": 60}  # stratified: 20 % of each class
+    assert report["num_train"] + report["num_val"] == report["num_images"] == 900
 
 
 def test_tfrecords_hold_exactly_what_the_api_preprocessing_produces(tiny_project):

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import observability
+from . import observability, openapi
 from .errors import register_error_handlers
 from .routes import bp
 from .settings import Settings
@@ -25,4 +25,5 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -109,7 +109,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("data/raw"))
     parser.add_argument("--classes", nargs="+", default=params.get("classes", list(SHAPES[:3])))
-    parser.add_argument("--images-per-class", type=int, default=params.get("images_per_class", 200))
+    parser.add_argument(
+        "--images-per-class", type=int, default=params.get("images_per_class", 1000)
+    )
     parser.add_argument("--seed", type=int, default=params.get("seed", 42))
     args = parser.parse_args()
     n = generate(

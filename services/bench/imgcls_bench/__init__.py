@@ -1,0 +1,1 @@
+"""``make bench``: the stack beside its in-process limit and its peers, on one model and machine."""

@@ -1,0 +1,163 @@
+"""TensorFlow-side helpers of the benchmark, run in a subprocess (the bench itself stays TF-free).
+
+python -m imgcls_bench.build models OUT_DIR --size 224      # FP32 + INT8 ONNX, Triton layout
+python -m imgcls_bench.build keras-vs-ort MODEL.keras MODEL.onnx --size 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+LABELS = ["circle", "square", "triangle"]
+
+
+def _images(size: int, n: int, seed: int = 0) -> np.ndarray:
+    """Letterboxed demo-style images: realistic activations for INT8 calibration."""
+    from imgcls.preprocessing import letterbox_array
+    from model_preparation.demo_data import render
+
+    rng = np.random.default_rng(seed)
+    out = [
+        letterbox_array(np.asarray(render(LABELS[i % 3], rng, size, size + size // 3)), size)
+        for i in range(n)
+    ]
+    return np.stack(out)
+
+
+def build_models(out: Path, size: int) -> None:
+    """ResNet50V2 at ``size`` (seeded random weights: speed does not depend on training) →
+    FP32 ONNX, static QDQ INT8 ONNX; three Triton models (batching on, off, INT8)."""
+    import keras
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from model_preparation.export import convert
+    from model_preparation.onnx_utils import signature
+    from model_preparation.publish import render_config
+    from model_preparation.train import build_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    fp32 = out / "fp32.onnx"
+    keras_path = out / "model.keras"
+    if not fp32.exists():
+        keras.utils.set_random_seed(0)
+        model = build_model(size, len(LABELS))
+        model.save(keras_path)
+        onnx.save(convert(model, size, 17), str(fp32))
+    int8 = out / "int8.onnx"
+    if not int8.exists():
+        calib = _images(size, 64)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(calib[i : i + 8] for i in range(0, len(calib), 8))
+
+            def get_next(self):
+                b = next(self.batches, None)
+                return None if b is None else {"image": b}
+
+        prepped = out / "prepped.onnx"
+        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        quantize_static(str(prepped), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
+        prepped.unlink()
+    repo = out / "repository"
+    models = {
+        "resnet50v2": (fp32, {}),
+        "resnet50v2_nobatch": (fp32, {"dynamic_batching": False}),
+        "resnet50v2_int8": (int8, {}),
+    }
+    for name, (path, extra) in models.items():
+        (repo / name / "1").mkdir(parents=True, exist_ok=True)
+        target = repo / name / "1" / "model.onnx"
+        if not target.exists():
+            os.link(
+                path, target
+            ) if path.stat().st_dev == target.parent.stat().st_dev else target.write_bytes(
+                path.read_bytes()
+            )
+        inputs, outputs = signature(path)
+        params = {
+            "max_batch_size": 32,
+            "preferred_batch_sizes": [4, 8, 16],
+            "max_queue_delay_us": 2000,
+            **extra,
+        }
+        (repo / name / "config.pbtxt").write_text(render_config(name, inputs, outputs, params))
+        (repo / name / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
+    print(
+        json.dumps(
+            {
+                "repository": str(repo),
+                "keras": str(keras_path),
+                "fp32": str(fp32),
+                "int8": str(int8),
+            }
+        )
+    )
+
+
+def keras_vs_ort(keras_path: Path, onnx_path: Path, size: int, seconds: float) -> None:
+    """img/s of Keras (tf.function, inference mode) vs ONNX Runtime at batch 1 and 8."""
+    import keras
+    import tensorflow as tf
+
+    from model_preparation.onnx_utils import session
+
+    model = keras.models.load_model(keras_path, compile=False)
+    fn = tf.function(lambda x: model(x, training=False))
+    sess = session(onnx_path)
+    result = {}
+    for batch in (1, 8):
+        x = _images(size, batch, seed=batch)
+        runners = {"keras_tf_function": lambda x=x: fn(tf.constant(x)).numpy(),
+                   "onnxruntime": lambda x=x: sess.run(None, {"image": x})}  # fmt: skip
+        for name, run in runners.items():
+            run()
+            run()
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                run()
+                n += batch
+            result[f"{name}_bs{batch}"] = round(n / (time.perf_counter() - t0), 2)
+    for batch in (1, 8):
+        result[f"ratio_bs{batch}"] = round(
+            result[f"onnxruntime_bs{batch}"] / result[f"keras_tf_function_bs{batch}"], 2
+        )
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models")
+    m.add_argument("out", type=Path)
+    m.add_argument("--size", type=int, default=224)
+    k = sub.add_parser("keras-vs-ort")
+    k.add_argument("keras_path", type=Path)
+    k.add_argument("onnx_path", type=Path)
+    k.add_argument("--size", type=int, default=224)
+    k.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    if args.cmd == "models":
+        build_models(args.out, args.size)
+    else:
+        keras_vs_ort(args.keras_path, args.onnx_path, args.size, args.seconds)
+
+
+if __name__ == "__main__":
+    main()

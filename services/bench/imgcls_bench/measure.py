@@ -1,0 +1,132 @@
+"""Measurement primitives: closed-loop load at a given concurrency, latency percentiles, CPU time.
+
+CPU is read from /proc for the *server* process groups (Triton + stubs, gunicorn + workers, Ray),
+so the load generator's own CPU is reported separately and kept out of "CPU s per image".
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgids: list[int]) -> float:
+    """user+system CPU seconds of every live process in the given process groups."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[2] is pgrp, fields[11]/[12] utime/stime (after the ") " split, 0-based from state)
+        if int(fields[2]) in pgids:
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
+
+
+@dataclass
+class Row:
+    name: str
+    concurrency: int
+    images: int
+    seconds: float
+    latencies_ms: list[float] = field(repr=False)
+    server_cpu_s: float | None = None
+    client_cpu_s: float | None = None
+    errors: int = 0
+    note: str = ""
+
+    @property
+    def img_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: int) -> float:
+        if len(self.latencies_ms) < 2:
+            return self.latencies_ms[0] if self.latencies_ms else float("nan")
+        return statistics.quantiles(self.latencies_ms, n=100)[q - 1]
+
+    def summary(self, limit: float | None = None) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
+        out.update(
+            img_per_s=round(self.img_per_s, 2),
+            p50_ms=round(self.pct(50), 1),
+            p95_ms=round(self.pct(95), 1),
+            p99_ms=round(self.pct(99), 1),
+            cpu_s_per_image=round(self.server_cpu_s / self.images, 4)
+            if self.server_cpu_s and self.images
+            else None,
+            ratio_to_limit=round(self.img_per_s / limit, 3) if limit else None,
+        )
+        return out
+
+
+def closed_loop(
+    name: str,
+    make_worker: Callable[[], Callable[[int], int]],
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.0,
+    pgids: list[int] | None = None,
+    note: str = "",
+) -> Row:
+    """``concurrency`` threads each call ``worker(i) -> images`` back to back for ``seconds``.
+
+    Each thread builds its own worker (its own client: tritonclient is not thread-safe).
+    """
+    latencies: list[float] = []
+    counts = [0] * concurrency
+    errors = [0] * concurrency
+    start_evt = threading.Event()
+    measuring = threading.Event()
+    stop_at = [0.0]
+
+    def run(slot: int) -> None:
+        worker = make_worker()
+        start_evt.wait()
+        i = slot
+        while time.monotonic() < stop_at[0]:
+            t0 = time.perf_counter()
+            try:
+                n = worker(i)
+            except Exception:
+                n = -1
+            dt = (time.perf_counter() - t0) * 1000
+            if measuring.is_set():
+                if n < 0:
+                    errors[slot] += 1
+                else:
+                    counts[slot] += n
+                    latencies.append(dt)
+            i += concurrency
+
+    threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in range(concurrency)]
+    for t in threads:
+        t.start()
+    stop_at[0] = time.monotonic() + warmup + seconds
+    start_evt.set()
+    time.sleep(warmup)
+    cpu0 = group_cpu_seconds(pgids) if pgids else None
+    client0 = time.process_time()
+    t0 = time.monotonic()
+    measuring.set()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - t0
+    return Row(
+        name=name,
+        concurrency=concurrency,
+        images=sum(counts),
+        seconds=elapsed,
+        latencies_ms=latencies,
+        server_cpu_s=(group_cpu_seconds(pgids) - cpu0) if pgids else None,
+        client_cpu_s=time.process_time() - client0,
+        errors=sum(errors),
+        note=note,
+    )
