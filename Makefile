@@ -44,7 +44,9 @@ model: data
 	@echo "[model] dvc repro (prepare → train → export → evaluate → publish)"
 	dvc repro
 	dvc commit -q -f model.dvc
-	@dvc metrics show
+	@$(BIN)/python -c "import json; m = json.load(open('artifacts/reports/metrics.json')); \
+		q = json.load(open('artifacts/reports/int8.json')); print(f'[model] held-out accuracy ' \
+		f'{m[\"accuracy\"]:.4f} FP32, {q[\"int8_accuracy\"]:.4f} INT8 (dvc metrics show: all metrics)')"
 
 $(MODEL):
 	@echo "[up] no model in model_repository: building one from data/raw (≈ 5 min on 2 cores)"

@@ -19,9 +19,9 @@ VENV_BIN = Path(sys.executable).parent
 
 # Small enough for CI on 2 cores, big enough that the model must learn the shapes.
 TINY_PARAMS = {
-    "demo": {"images_per_class": 300, "min_side": 72, "max_side": 96},
+    "demo": {"images_per_class": 600, "min_side": 72, "max_side": 96},
     "prepare": {"image_size": 48},
-    "train": {"epochs": 8, "steps_per_epoch": 30, "batch_size": 32, "patience": 8},
+    "train": {"epochs": 10, "steps_per_epoch": 30, "batch_size": 32, "patience": 10},
     "export": {"parity_samples": 8},
     "quantize": {"calibration_images": 64, "min_agreement": 0.8},
     "publish": {"max_batch_size": 16},

@@ -93,9 +93,9 @@ def test_data_report_counts_splits_and_the_skipped_file(tiny_project):
         "corrupt_image",
     }
     per_class = report["per_class"]
-    assert per_class["circle"] == {"train": 240, "val": 60}  # the broken file is not counted
-    assert per_class["square"] == {"train": 240, "val": 60}  # stratified: 20 % of each class
-    assert report["num_train"] + report["num_val"] == report["num_images"] == 900
+    assert per_class["circle"] == {"train": 480, "val": 120}  # the broken file is not counted
+    assert per_class["square"] == {"train": 480, "val": 120}  # stratified: 20 % of each class
+    assert report["num_train"] + report["num_val"] == report["num_images"] == 1800
 
 
 def test_tfrecords_hold_exactly_what_the_api_preprocessing_produces(tiny_project):

@@ -120,9 +120,10 @@ def main() -> None:
     int8 = args.int8 if params.get("int8", True) else None
     receipt = publish(args.model, args.labels, args.repository, params, int8)
     write_json(args.receipt, receipt)
+    names = [receipt["model_name"]] + ([receipt["int8"]["model_name"]] if "int8" in receipt else [])
     print(
-        f"publish: {args.repository}/{receipt['model_name']}/{receipt['version']}/model.onnx "
-        f"({receipt['num_classes']} classes); run `dvc commit model.dvc` to version it"
+        f"publish: {', '.join(names)} ({receipt['num_classes']} classes) in {args.repository}/; "
+        "run `dvc commit model.dvc` to version the served files"
     )
 
 
