@@ -77,6 +77,7 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
         "git init -q && git config user.email t@example.invalid && git config user.name tests", dest
     )
     run("dvc init -q && dvc config core.analytics false", dest)
+    run("git add -A && git commit -qm 'project'", dest)  # like a clone: DVCLive needs a commit
     return dest
 
 

@@ -104,3 +104,44 @@ def test_logs_are_json_with_the_request_id(client_without_triton, capsys):
         json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
     ]
     assert any(r.get("request_id") == "log-me" and r.get("status") == 200 for r in lines)
+
+
+@pytest.fixture()
+def black_hole():
+    """A TCP server that accepts connections and never answers (a hung Triton)."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    conns: list = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        for c in conns:
+            c.close()
+        server.close()
+
+
+def test_a_hung_triton_gives_504_within_the_timeout(black_hole):
+    app = create_app({"triton_url": black_hole, "triton_timeout_s": 1.0})
+    started = time.monotonic()
+    resp = app.test_client().post("/predict", data={"image": (io.BytesIO(images.jpeg()), "x.jpg")})
+    assert resp.status_code == 504, resp.get_data(as_text=True)
+    assert resp.get_json()["error"]["code"] == "triton_timeout"
+    assert time.monotonic() - started < 5

@@ -30,7 +30,7 @@ def _files(project: Path, n: int = 6) -> list[Path]:
     return [
         p
         for c in ("circle", "square", "triangle")
-        for p in sorted((project / "data/raw" / c).glob("*.jpg"))[: n // 3]
+        for p in sorted((project / "data/raw" / c).glob(f"{c}_*.jpg"))[: n // 3]
     ]
 
 

@@ -154,7 +154,13 @@ def test_adding_a_class_folder_extends_model_labels_config_and_evaluation(tiny_p
     project = tmp_path / "grown"
     shutil.copytree(tiny_project, project, symlinks=True)
     run([sys.executable, "-m", "model_preparation.demo_data", "--classes", "star"], project)
-    run("dvc add -q data && dvc repro", project)
+    # The shape of the outputs is under test here, not accuracy: a short run is enough.
+    run("dvc add -q data", project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 2
+    params["quantize"]["min_agreement"] = 0.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run("dvc repro", project)
     labels = _labels(project / "model_repository/resnet50v2/labels.txt")
     assert labels == ["circle", "square", "star", "triangle"]
     assert re.search(
@@ -166,7 +172,12 @@ def test_adding_a_class_folder_extends_model_labels_config_and_evaluation(tiny_p
 
 
 def test_experiment_with_a_changed_parameter(tiny_project):
-    run("dvc exp run -q --temp -n sgd-test -S train.optimizer=sgd -S train.epochs=2", tiny_project)
+    # Two epochs give a near-uniform model, so INT8 may disagree with it: relax that gate.
+    run(
+        "dvc exp run -q --temp -n sgd-test -S train.optimizer=sgd -S train.epochs=2 "
+        "-S quantize.min_agreement=0",
+        tiny_project,
+    )
     table = json.loads(run("dvc exp show --json", tiny_project).stdout)
     flat = json.dumps(table)
     assert "sgd-test" in flat and '"sgd"' in flat

@@ -27,7 +27,7 @@ def _sample_files(project: Path, per_class: int = 2) -> list[Path]:
     return [
         p
         for c in ("circle", "square", "triangle")
-        for p in sorted((project / "data/raw" / c).glob("*.jpg"))[:per_class]
+        for p in sorted((project / "data/raw" / c).glob(f"{c}_*.jpg"))[:per_class]
     ]
 
 

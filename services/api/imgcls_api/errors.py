@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, retry_after: int | None = None):
+    g.error_code = code  # for the access log line
     resp = jsonify({"error": {"code": code, "message": message}})
     resp.status_code = status
     if retry_after is not None:

@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("request_id", "route", "status", "duration_ms", "method"):
+        for key in ("request_id", "route", "status", "duration_ms", "method", "error_code"):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info:
@@ -95,6 +95,7 @@ def init_app(app: Flask) -> None:
                 "method": request.method,
                 "status": response.status_code,
                 "duration_ms": round(elapsed * 1000, 2),
+                **({"error_code": g.error_code} if "error_code" in g else {}),
             },
         )
         return response
