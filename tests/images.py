@@ -74,3 +74,18 @@ def decompression_bomb(side: int = 20000) -> bytes:
 
 
 TEXT_AS_JPG = b"this is not an image, just a text file named photo.jpg\n"
+
+
+def readable_formats() -> dict[str, bytes]:
+    """Every kind of file a user may send that must be classified (id → bytes)."""
+    return {
+        "rgba-png": png_rgba(),
+        "16bit-png": png_16bit_gray(),
+        "palette-gif": gif_palette(),
+        "cmyk-jpeg": cmyk_jpeg(),
+        "gray-png": grayscale_png(),
+        "tiff": multiframe_tiff(),
+        "exif-jpeg": exif_rotated_jpeg(),
+        "bmp": encode(gradient(), "BMP"),
+        "webp": encode(gradient(), "WEBP"),
+    }

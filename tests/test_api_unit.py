@@ -27,7 +27,7 @@ def test_healthz_is_independent_of_triton(client_without_triton):
 def test_readyz_is_503_when_triton_is_unreachable(client_without_triton):
     resp = client_without_triton.get("/readyz")
     assert resp.status_code == 503
-    assert resp.get_json()["status"] == "not_ready"
+    assert resp.get_json()["status"] == "not_ready" and resp.headers["Retry-After"]
 
 
 def test_predict_fails_fast_with_503_and_retry_after(client_without_triton):

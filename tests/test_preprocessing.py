@@ -31,18 +31,7 @@ def test_exif_orientation_is_applied():
 
 
 @pytest.mark.parametrize(
-    "data",
-    [
-        images.png_rgba(),
-        images.png_16bit_gray(),
-        images.gif_palette(),
-        images.cmyk_jpeg(),
-        images.grayscale_png(),
-        images.multiframe_tiff(),
-        images.encode(images.gradient(), "BMP"),
-        images.encode(images.gradient(), "WEBP"),
-    ],
-    ids=["rgba-png", "16bit-png", "palette-gif", "cmyk-jpeg", "gray-png", "tiff", "bmp", "webp"],
+    "data", images.readable_formats().values(), ids=images.readable_formats().keys()
 )
 def test_every_pillow_format_becomes_rgb(data):
     out = load_image(data, 32)

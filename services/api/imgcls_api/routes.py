@@ -29,22 +29,22 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Triton answers and the model is loaded; 503 otherwise."""
+    """Ready when Triton answers and the model is loaded (labels included); 503 otherwise."""
     gateway = _gateway()
     try:
-        if not gateway.model_ready():
-            raise ApiError(
-                503,
-                "model_not_ready",
-                f"model {_settings().model_name!r} is not ready",
-                retry_after=_settings().retry_after_s,
-            )
-        info = gateway.model_info()
+        info = gateway.model_info() if gateway.model_ready() else None
     except ApiError as exc:
-        return jsonify(
-            {"status": "not_ready", "error": {"code": exc.code, "message": exc.message}}
-        ), 503
+        return _not_ready(exc.code, exc.message)
+    if info is None:
+        return _not_ready("model_not_ready", f"model {_settings().model_name!r} is not ready")
     return jsonify({"status": "ready", "model": _model_json(info), "labels": list(info.labels)})
+
+
+def _not_ready(code: str, message: str):
+    resp = jsonify({"status": "not_ready", "error": {"code": code, "message": message}})
+    resp.status_code = 503
+    resp.headers["Retry-After"] = str(_settings().retry_after_s)
+    return resp
 
 
 @bp.post("/predict")

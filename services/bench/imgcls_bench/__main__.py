@@ -136,7 +136,7 @@ def http_worker(url: str, data: bytes):
     return make
 
 
-def _pgids(*procs: ManagedProcess) -> list[int]:
+def _pids(*procs: ManagedProcess) -> list[int]:
     return [p.proc.pid for p in procs if p.proc is not None]
 
 
@@ -229,19 +229,19 @@ def run(args: argparse.Namespace) -> dict:
             for c in conc:
                 _log(f"triton direct {label} c={c}")
                 rows.append(closed_loop(f"triton direct ({label})", triton_worker(triton.url, model, args.size), c, secs,
-                                        pgids=_pgids(triton)))  # fmt: skip
+                                        server_pids=_pids(triton)))  # fmt: skip
         with ApiServer(triton.url, workdir=work / "api") as api:
             for c in conc:
                 _log(f"API end to end c={c}")
                 rows.append(closed_loop("API end to end (multipart JPEG)", http_worker(f"{api.url}/predict", api_jpeg), c, secs,
-                                        pgids=_pgids(triton, api)))  # fmt: skip
+                                        server_pids=_pids(triton, api)))  # fmt: skip
         with ApiServer(
             triton.url, workdir=work / "api-int8", env={"MODEL_NAME": "resnet50v2_int8"}
         ) as api8:
             for c in conc[-2:]:
                 _log(f"API end to end INT8 c={c}")
                 rows.append(closed_loop("API end to end INT8", http_worker(f"{api8.url}/predict", api_jpeg), c, secs,
-                                        pgids=_pgids(triton, api8)))  # fmt: skip
+                                        server_pids=_pids(triton, api8)))  # fmt: skip
         port = free_port()
         _log("peer: original-style Flask baseline (threaded=False, JSON tensors)")
         baseline = _start_peer([sys.executable, "-m", "imgcls_bench.baseline", "--port", str(port), "--triton-url", triton.url,
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             for c in conc:
                 rows.append(closed_loop("peer: Flask threaded=False + JSON tensors", http_worker(f"http://127.0.0.1:{port}/predict", api_jpeg),
-                                        c, secs, pgids=_pgids(triton, baseline)))  # fmt: skip
+                                        c, secs, server_pids=_pids(triton, baseline)))  # fmt: skip
         finally:
             baseline.stop()
 
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> dict:
         try:
             for c in conc:
                 rows.append(closed_loop("peer: Ray Serve", http_worker(f"http://127.0.0.1:{port}/predict", api_jpeg), c, secs,
-                                        pgids=_pgids(ray_peer)))  # fmt: skip
+                                        server_pids=_pids(ray_peer)))  # fmt: skip
         finally:
             ray_peer.stop(grace=30)
     else:

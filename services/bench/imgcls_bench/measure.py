@@ -1,6 +1,6 @@
 """Measurement primitives: closed-loop load at a given concurrency, latency percentiles, CPU time.
 
-CPU is read from /proc for the *server* process groups (Triton + stubs, gunicorn + workers, Ray),
+CPU is read from /proc for the *server* process trees (Triton + stubs, gunicorn + workers, Ray),
 so the load generator's own CPU is reported separately and kept out of "CPU s per image".
 """
 
@@ -17,17 +17,34 @@ from pathlib import Path
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgids: list[int]) -> float:
-    """user+system CPU seconds of every live process in the given process groups."""
-    total = 0.0
+def tree_cpu_seconds(roots: list[int]) -> float:
+    """user+system CPU seconds of the given processes and all their live descendants.
+
+    A process tree, not a process group: Ray's raylet and workers start sessions of their own.
+    """
+    stats: dict[int, tuple[int, float]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # fields[2] is pgrp, fields[11]/[12] utime/stime (after the ") " split, 0-based from state)
-        if int(fields[2]) in pgids:
-            total += (int(fields[11]) + int(fields[12])) / _TICKS
+        # after the command name: state ppid pgrp session tty tpgid flags minflt cminflt
+        # majflt cmajflt utime stime ...
+        stats[int(stat.parent.name)] = (
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / _TICKS,
+        )
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen or pid not in stats:
+            continue
+        seen.add(pid)
+        total += stats[pid][1]
+        todo += children.get(pid, [])
     return total
 
 
@@ -73,7 +90,7 @@ def closed_loop(
     concurrency: int,
     seconds: float,
     warmup: float = 1.0,
-    pgids: list[int] | None = None,
+    server_pids: list[int] | None = None,
     note: str = "",
 ) -> Row:
     """``concurrency`` threads each call ``worker(i) -> images`` back to back for ``seconds``.
@@ -112,7 +129,7 @@ def closed_loop(
     stop_at[0] = time.monotonic() + warmup + seconds
     start_evt.set()
     time.sleep(warmup)
-    cpu0 = group_cpu_seconds(pgids) if pgids else None
+    cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
     client0 = time.process_time()
     t0 = time.monotonic()
     measuring.set()
@@ -125,7 +142,7 @@ def closed_loop(
         images=sum(counts),
         seconds=elapsed,
         latencies_ms=latencies,
-        server_cpu_s=(group_cpu_seconds(pgids) - cpu0) if pgids else None,
+        server_cpu_s=(tree_cpu_seconds(server_pids) - cpu0) if server_pids else None,
         client_cpu_s=time.process_time() - client0,
         errors=sum(errors),
         note=note,

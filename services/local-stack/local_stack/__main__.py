@@ -37,6 +37,7 @@ def _stop(_signum, _frame) -> None:
 def main() -> int:
     args = _parse()
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # also when started with SIGINT ignored (background jobs)
     triton = TritonServer(
         args.model_repository,
         args.http_port,
