@@ -94,11 +94,9 @@ def write_shards(
                         bytes_list=tf.train.BytesList(value=[source.encode()])
                     ),
                 }
-                writer.write(
-                    tf.train.Example(
-                        features=tf.train.Features(feature=feature)
-                    ).SerializeToString()
-                )
+                example = tf.train.Example(features=tf.train.Features(feature=feature))
+                # deterministic: protobuf's map order varies otherwise, and so would dvc.lock
+                writer.write(example.SerializeToString(deterministic=True))
     return n_shards
 
 
