@@ -19,14 +19,14 @@ help:
 	@echo "make bench   benchmark (slow; see README)"
 
 $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pyproject.toml
-	@echo "[install] creating $(VENV) (first time: a few minutes, ~2 GB)"
+	@echo "[install] creating $(VENV) (first time: a few minutes, ~2 GB; log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	@$(BIN)/python -m pip install -q -r requirements/api.txt -r requirements/train.txt \
-		-r requirements/dev.txt 2>&1 | grep -v "is ignored" || true
-	@# Only the tritonserver binary is used from this wheel; its numpy<2 pin is irrelevant to us.
-	@$(BIN)/python -m pip install -q --no-deps nvidia-pytriton==0.7.0 2>&1 | grep -v "is ignored" || true
-	@$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | grep -v "is ignored" || true
+	@( $(BIN)/python -m pip install --upgrade pip && \
+	   $(BIN)/python -m pip install -r requirements/api.txt -r requirements/train.txt -r requirements/dev.txt && \
+	   $(BIN)/python -m pip install --no-deps nvidia-pytriton==0.7.0 && \
+	   $(BIN)/python -m pip install --no-deps -e . ) > $(VENV)/install.log 2>&1 || \
+	   { tail -n 40 $(VENV)/install.log; echo "[install] failed: see $(VENV)/install.log"; exit 1; }
+	@# nvidia-pytriton: only its tritonserver binary is used, so its numpy<2 pin is irrelevant.
 	@$(BIN)/python -c "import imgcls_api, model_preparation, local_stack, tensorflow, onnxruntime; \
 		from local_stack.triton import pytriton_root; assert (pytriton_root() / 'bin/tritonserver').exists()"
 	@touch $@
@@ -41,7 +41,7 @@ data: $(STAMP)
 	else echo "[data] using the images in data/raw"; fi
 
 model: data
-	@echo "[model] dvc repro (prepare → train → export → evaluate → publish)"
+	@echo "[model] dvc repro (prepare → train → export → evaluate → quantize → publish)"
 	dvc repro
 	dvc commit -q -f model.dvc
 	@$(BIN)/python -c "import json; m = json.load(open('artifacts/reports/metrics.json')); \
@@ -49,7 +49,7 @@ model: data
 		f'{m[\"accuracy\"]:.4f} FP32, {q[\"int8_accuracy\"]:.4f} INT8 (dvc metrics show: all metrics)')"
 
 $(MODEL):
-	@echo "[up] no model in model_repository: building one from data/raw (≈ 5 min on 2 cores)"
+	@echo "[up] no model in model_repository: building one from data/raw (≈ 7 min on 2 cores)"
 	@$(MAKE) --no-print-directory model
 
 up: $(STAMP) $(MODEL)

@@ -248,3 +248,18 @@ def test_make_up_launcher_serves_then_stops_cleanly_on_ctrl_c(
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_overload_is_shed_with_429_and_retry_after(triton, tiny_project, tmp_path):
+    from local_stack.api import ApiServer
+
+    env = {"WEB_CONCURRENCY": "1", "API_THREADS": "16", "MAX_IN_FLIGHT": "2"}
+    data = _sample_files(tiny_project, 1)[0].read_bytes()
+    with ApiServer(triton.url, workdir=tmp_path / "api", env=env) as api:
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(pool.map(lambda _: _post(api, files={"image": data}), range(48)))
+        codes = {r.status_code for r in responses}
+        assert codes == {200, 429}, codes
+        shed = next(r for r in responses if r.status_code == 429)
+        assert shed.headers["Retry-After"] and shed.json()["error"]["code"] == "overloaded"
+        assert _post(api, files={"image": data}).status_code == 200  # recovers at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from flask import Flask
@@ -21,6 +22,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False
     app.extensions["triton"] = TritonGateway(settings)
+    # Load shedding: with gunicorn gthread, set API_THREADS above MAX_IN_FLIGHT so that the
+    # spare threads answer 429 at once instead of letting connections queue.
+    app.extensions["admission"] = (
+        threading.BoundedSemaphore(settings.max_in_flight) if settings.max_in_flight > 0 else None
+    )
     observability.configure_logging()
     observability.init_app(app)
     register_error_handlers(app)

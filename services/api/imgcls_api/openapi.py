@@ -36,6 +36,7 @@ _ERRORS = {
     "422": _error_response(
         "Pixel array of wrong rank/channels, NaN/inf, outside 0–255, non-numeric"
     ),
+    "429": _error_response("More predictions in progress than MAX_IN_FLIGHT", retry_after=True),
     "503": _error_response("Triton unreachable or the model not ready", retry_after=True),
     "504": _error_response("Triton did not answer in time"),
 }

@@ -50,6 +50,18 @@ def _not_ready(code: str, message: str):
 @bp.post("/predict")
 def predict():
     """Classify the image(s) in the body; one result, or a list for several images."""
+    gate = current_app.extensions["admission"]
+    if gate is not None and not gate.acquire(blocking=False):
+        raise ApiError(429, "overloaded", "too many predictions in progress; retry shortly",
+                       retry_after=_settings().retry_after_s)  # fmt: skip
+    try:
+        return _predict()
+    finally:
+        if gate is not None:
+            gate.release()
+
+
+def _predict():
     settings = _settings()
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:

@@ -18,7 +18,8 @@ class Settings:
     max_image_pixels: int = 40_000_000  # decompression-bomb guard, checked before decoding
     max_batch_images: int = 32  # images per request
     model_info_ttl_s: float = 30.0  # re-read model metadata at least this often
-    retry_after_s: int = 2  # Retry-After header on 503
+    retry_after_s: int = 2  # Retry-After header on 503 and 429
+    max_in_flight: int = 0  # predictions at once per worker before a fast 429; 0 = no cap
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
