@@ -19,7 +19,7 @@ help:
 	@echo "make bench   benchmark (slow; see README)"
 
 $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pyproject.toml
-	@echo "[install] creating $(VENV) (first time: a few minutes, ~2 GB; log: $(VENV)/install.log)"
+	@echo "[install] setting up $(VENV) (first time: a few minutes, ~2 GB; log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@( $(BIN)/python -m pip install --upgrade pip && \
 	   $(BIN)/python -m pip install -r requirements/api.txt -r requirements/train.txt -r requirements/dev.txt && \
@@ -28,7 +28,8 @@ $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pypro
 	   { tail -n 40 $(VENV)/install.log; echo "[install] failed: see $(VENV)/install.log"; exit 1; }
 	@# nvidia-pytriton: only its tritonserver binary is used, so its numpy<2 pin is irrelevant.
 	@$(BIN)/python -c "import imgcls_api, model_preparation, local_stack, tensorflow, onnxruntime; \
-		from local_stack.triton import pytriton_root; assert (pytriton_root() / 'bin/tritonserver').exists()"
+		from local_stack.triton import pytriton_root; assert (pytriton_root() / 'bin/tritonserver').exists()" \
+		2>>$(VENV)/install.log || { echo "[install] the environment is incomplete: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 	@echo "[install] done"
 
