@@ -122,8 +122,5 @@ class TritonServer(ManagedProcess):
         self.wait_for(f"http://{self.url}/v2/health/ready", timeout)
         return self
 
-    def stop(self, grace: float = 15.0) -> None:
-        super().stop(grace)
-
     def __enter__(self) -> TritonServer:
         return self.start() if not self.running else self
