@@ -143,10 +143,9 @@ def _pids(*procs: ManagedProcess) -> list[int]:
 def _start_peer(
     cmd: list[str], port: int, workdir: Path, env: dict | None = None, timeout: float = 120
 ) -> ManagedProcess:
-    peer = ManagedProcess(workdir / "peer.log")
+    peer = ManagedProcess(workdir, env)
     peer.name = cmd[2] if len(cmd) > 2 else "peer"
-    full_env = dict(os.environ, **(env or {}))
-    peer._spawn(cmd, full_env)
+    peer._spawn(cmd)
     deadline = time.monotonic() + timeout
     probe = make_probe(port)
     while time.monotonic() < deadline:

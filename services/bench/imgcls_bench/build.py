@@ -37,16 +37,9 @@ def build_models(out: Path, size: int) -> None:
     FP32 ONNX, static QDQ INT8 ONNX; three Triton models (batching on, off, INT8)."""
     import keras
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from model_preparation.export import convert
-    from model_preparation.onnx_utils import signature
+    from model_preparation.onnx_utils import quantize_int8, signature
     from model_preparation.publish import render_config
     from model_preparation.train import build_model
 
@@ -60,21 +53,7 @@ def build_models(out: Path, size: int) -> None:
         onnx.save(convert(model, size, 17), str(fp32))
     int8 = out / "int8.onnx"
     if not int8.exists():
-        calib = _images(size, 64)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches = iter(calib[i : i + 8] for i in range(0, len(calib), 8))
-
-            def get_next(self):
-                b = next(self.batches, None)
-                return None if b is None else {"image": b}
-
-        prepped = out / "prepped.onnx"
-        quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
-        quantize_static(str(prepped), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
-        prepped.unlink()
+        quantize_int8(fp32, int8, _images(size, 64))
     repo = out / "repository"
     models = {
         "resnet50v2": (fp32, {}),

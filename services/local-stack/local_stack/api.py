@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from .procs import ManagedProcess, free_port
@@ -12,6 +11,7 @@ from .procs import ManagedProcess, free_port
 
 class ApiServer(ManagedProcess):
     name = "api (gunicorn)"
+    log_name = "api.log"
 
     def __init__(
         self,
@@ -21,12 +21,10 @@ class ApiServer(ManagedProcess):
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
     ) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="api-")).resolve()
-        super().__init__(self.workdir / "api.log")
+        super().__init__(workdir, env)
         self.port = port or free_port()
         self.host = host
         self.triton_url = triton_url
-        self.extra_env = env or {}
 
     @property
     def url(self) -> str:
@@ -34,11 +32,11 @@ class ApiServer(ManagedProcess):
 
     def start(self, timeout: float = 30.0, wait_ready: bool = True) -> ApiServer:
         """Start gunicorn; wait for ``/readyz`` (or only ``/healthz`` with ``wait_ready=False``)."""
-        env = dict(os.environ)
-        env.update({"TRITON_URL": self.triton_url, "API_BIND": f"{self.host}:{self.port}"})
-        env.update(self.extra_env)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", "python:imgcls_api.gunicorn_conf"]
-        self._spawn(cmd, env)
+        ours = {"TRITON_URL": self.triton_url, "API_BIND": f"{self.host}:{self.port}"}
+        env = {**os.environ, **ours, **self.extra_env}  # the caller's overrides win
+        self._spawn(
+            [sys.executable, "-m", "gunicorn", "-c", "python:imgcls_api.gunicorn_conf"], env
+        )
         self.wait_for(f"{self.url}/{'readyz' if wait_ready else 'healthz'}", timeout)
         return self
 

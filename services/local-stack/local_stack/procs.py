@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -39,19 +40,35 @@ def log_tail(path: Path, lines: int = 40) -> str:
 
 
 class ManagedProcess:
-    """A child in its own process group, so a stop takes its children (Triton's stubs) too."""
+    """A child in its own process group, so a stop takes its children (Triton's stubs) too.
+
+    Each keeps its log in ``workdir`` (a fresh temporary folder unless given) and runs with this
+    process's environment plus ``env``.
+    """
 
     name = "process"
+    log_name = "process.log"
 
-    def __init__(self, log_path: Path) -> None:
-        self.log_path = log_path
+    def __init__(self, workdir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(
+            workdir or tempfile.mkdtemp(prefix=f"{self.log_name.split('.')[0]}-")
+        ).resolve()
+        self.log_path = self.workdir / self.log_name
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen | None = None
 
-    def _spawn(self, cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **self.extra_env}
+
+    def _spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env or self.environment(),
+            start_new_session=True,
         )
         log.close()
 

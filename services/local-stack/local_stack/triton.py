@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 from .procs import ManagedProcess, free_port
@@ -64,6 +63,7 @@ class TritonServer(ManagedProcess):
     """The real tritonserver on loopback ports; a context manager that always stops it."""
 
     name = "tritonserver"
+    log_name = "tritonserver.log"
 
     def __init__(
         self,
@@ -77,14 +77,12 @@ class TritonServer(ManagedProcess):
         host: str = "127.0.0.1",
         exit_timeout: int = 3,
     ) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="triton-")).resolve()
-        super().__init__(self.workdir / "tritonserver.log")
+        super().__init__(workdir, env)
         self.model_repository = Path(model_repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
         self.poll_secs = poll_secs
-        self.extra_env = env or {}
         self.host = host
         self.exit_timeout = exit_timeout
 

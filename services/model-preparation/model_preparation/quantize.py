@@ -1,6 +1,6 @@
 """Stage ``quantize``: static QDQ INT8 (per-channel) ONNX model, calibrated on training images.
 
-On this CPU ONNX Runtime runs the INT8 graph ~2.5x faster than FP32. The stage reports, on the
+On this CPU ONNX Runtime runs the INT8 graph ~2.2x faster than FP32. The stage reports, on the
 held-out split, FP32 accuracy, INT8 accuracy and how often both agree on the top-1 class, and
 fails if the agreement falls under ``min_agreement``.
 """
@@ -8,12 +8,9 @@ fails if the agreement falls under ``min_agreement``.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .common import (
     ONNX_MODEL,
@@ -25,47 +22,20 @@ from .common import (
     run_cli,
     write_json,
 )
-from .onnx_utils import predict, session
+from .onnx_utils import predict, quantize_int8, session
 from .tfdata import load_arrays, read_split
 
 INT8_MODEL = Path("artifacts/model.int8.onnx")
 
 
-class _Calibration(CalibrationDataReader):
-    """Feeds ``count`` training images (not augmented) to the calibrator, ``batch`` at a time."""
-
-    def __init__(self, prepared: Path, size: int, count: int, batch: int, input_name: str) -> None:
-        images = [
-            img for img, _ in read_split(prepared, "train", size).take(count).as_numpy_iterator()
-        ]
-        self._batches = iter(
-            [np.stack(images[i : i + batch]) for i in range(0, len(images), batch)]
-        )
-        self._name = input_name
-
-    def get_next(self):
-        batch = next(self._batches, None)
-        return None if batch is None else {self._name: batch}
-
-
 def quantize(model: Path, prepared: Path, out: Path, report: Path, params: dict) -> dict:
     meta = read_json(prepared / "meta.json")
     size = int(meta["image_size"])
-    with tempfile.TemporaryDirectory() as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        quant_pre_process(str(model), str(prepped), skip_symbolic_shape=True)
-        reader = _Calibration(
-            prepared, size, int(params.get("calibration_images", 256)), 16, "image"
-        )
-        quantize_static(
-            str(prepped),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+    count = int(params.get("calibration_images", 256))
+    calibration = np.stack(
+        [img for img, _ in read_split(prepared, "train", size).take(count).as_numpy_iterator()]
+    )
+    quantize_int8(model, out, calibration)
     images, labels = load_arrays(prepared, "val", size)
     fp32 = predict(session(model), images).argmax(1)
     int8 = predict(session(out), images).argmax(1)
