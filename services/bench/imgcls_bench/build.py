@@ -7,8 +7,10 @@ python -m imgcls_bench.build keras-vs-ort MODEL.keras MODEL.onnx --size 224
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -38,8 +40,10 @@ def build_models(out: Path, size: int) -> None:
     import keras
     import onnx
 
+    from model_preparation import int8 as int8_module
     from model_preparation.export import convert
-    from model_preparation.onnx_utils import quantize_int8, signature
+    from model_preparation.int8 import quantize_int8
+    from model_preparation.onnx_utils import signature
     from model_preparation.publish import render_config
     from model_preparation.train import build_model
 
@@ -52,8 +56,11 @@ def build_models(out: Path, size: int) -> None:
         model.save(keras_path)
         onnx.save(convert(model, size, 17), str(fp32))
     int8 = out / "int8.onnx"
-    if not int8.exists():
+    recipe = hashlib.sha256(Path(int8_module.__file__).read_bytes()).hexdigest()
+    stamp = out / "int8.recipe"  # rebuild when the recipe changes
+    if not int8.exists() or not stamp.exists() or stamp.read_text() != recipe:
         quantize_int8(fp32, int8, _images(size, 64))
+        stamp.write_text(recipe)
     repo = out / "repository"
     models = {
         "resnet50v2": (fp32, {}),
@@ -63,12 +70,8 @@ def build_models(out: Path, size: int) -> None:
     for name, (path, extra) in models.items():
         (repo / name / "1").mkdir(parents=True, exist_ok=True)
         target = repo / name / "1" / "model.onnx"
-        if not target.exists():
-            os.link(
-                path, target
-            ) if path.stat().st_dev == target.parent.stat().st_dev else target.write_bytes(
-                path.read_bytes()
-            )
+        target.unlink(missing_ok=True)  # always the current build of the model
+        shutil.copyfile(path, target)
         inputs, outputs = signature(path)
         params = {
             "max_batch_size": 32,
