@@ -55,3 +55,17 @@ def test_label_count_must_match_the_output(tmp_path):
     labels.write_text("a\nb\n")
     with pytest.raises(PipelineError, match="3 classes but there are 2 labels"):
         publish(model, labels, tmp_path / "repo", {})
+
+
+def test_thread_layout_uses_the_native_backends_parameter_names(tmp_path):
+    model = _tiny_onnx(tmp_path / "m.onnx")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    layout = {"model_name": "m", "instance_count": 2, "ort_intra_op_threads": 1}
+    publish(model, labels, tmp_path / "two", layout)
+    config = (tmp_path / "two/m/config.pbtxt").read_text()
+    assert "count: 2" in config and "kind: KIND_CPU" in config
+    assert 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }' in config
+    publish(model, labels, tmp_path / "default", {"model_name": "m"})
+    default = (tmp_path / "default/m/config.pbtxt").read_text()
+    assert "count: 1" in default and "intra_op_thread_count" not in default

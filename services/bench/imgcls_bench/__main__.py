@@ -89,23 +89,28 @@ def bench_preprocessing(jpegs: dict[str, bytes], size: int, reps: int) -> list[d
     return rows
 
 
-def bench_limit(onnx_path: Path, size: int, seconds: float, batches: list[int]) -> list[Row]:
+def bench_limit(
+    onnx_path: Path, size: int, seconds: float, batches: list[int], sessions: int = 1
+) -> list[Row]:
+    """ONNX Runtime on ready tensors, no server: one session using every core, or ``sessions``
+    sessions of one thread each run side by side (ORT releases the GIL), as Triton's instances."""
     from model_preparation.onnx_utils import session
 
-    sess = session(onnx_path)
+    shared = session(onnx_path) if sessions == 1 else None
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
         x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
         def make(x=x, batch=batch):
+            sess = shared or session(onnx_path, threads=1)
             return lambda _i: (sess.run(None, {"image": x}), batch)[1]
 
+        layout = "in-process" if sessions == 1 else f"{sessions} sessions × 1 thread"
         rows.append(
-            closed_loop(
-                f"limit: onnxruntime in-process bs{batch}", make, 1, seconds, note=onnx_path.name
-            )
-        )
+            closed_loop(f"limit: onnxruntime {layout} bs{batch}", make, sessions, seconds,
+                        note=onnx_path.name)
+        )  # fmt: skip
     for row in rows:  # in-process: the "server" is this process
         row.server_cpu_s = row.client_cpu_s
     return rows
@@ -208,11 +213,16 @@ def run(args: argparse.Namespace) -> dict:
     result["preprocessing"] = bench_preprocessing(jpegs, args.size, 3 if args.quick else 20)
 
     _log("in-process ONNX Runtime limit")
-    limit_rows = bench_limit(
-        Path(built["fp32"]), args.size, secs, [1, 8] if args.quick else [1, 8, 16, 32]
-    )
+    fp32, int8 = Path(built["fp32"]), Path(built["int8"])
+    limit_rows = [
+        *bench_limit(fp32, args.size, secs, [1, 8] if args.quick else [1, 8, 16, 32]),
+        *bench_limit(fp32, args.size, secs, [8] if args.quick else [8, 16], sessions=2),
+    ]
     limit = max(r.img_per_s for r in limit_rows)
-    int8_rows = bench_limit(Path(built["int8"]), args.size, secs, [8] if args.quick else [8, 16])
+    int8_rows = [
+        *bench_limit(int8, args.size, secs, [8] if args.quick else [8, 16]),
+        *bench_limit(int8, args.size, secs, [8], sessions=2),
+    ]
     for r in int8_rows:
         r.name = r.name.replace("limit:", "limit INT8:")
     rows: list[Row] = [*limit_rows, *int8_rows]
@@ -234,13 +244,17 @@ def run(args: argparse.Namespace) -> dict:
                 _log(f"API end to end c={c}")
                 rows.append(closed_loop("API end to end (multipart JPEG)", http_worker(f"{api.url}/predict", api_jpeg), c, secs,
                                         server_pids=_pids(triton, api)))  # fmt: skip
-        with ApiServer(
-            triton.url, workdir=work / "api-int8", env={"MODEL_NAME": "resnet50v2_int8"}
-        ) as api8:
-            for c in conc[-2:]:
-                _log(f"API end to end INT8 c={c}")
-                rows.append(closed_loop("API end to end INT8", http_worker(f"{api8.url}/predict", api_jpeg), c, secs,
-                                        server_pids=_pids(triton, api8)))  # fmt: skip
+        for model, label, cells in (
+            ("resnet50v2_int8", "API end to end INT8", conc[-2:]),
+            ("resnet50v2_1x2", "API end to end (1 instance × all cores)", conc[:1] + conc[2:3]),
+        ):
+            with ApiServer(
+                triton.url, workdir=work / f"api-{model}", env={"MODEL_NAME": model}
+            ) as other:
+                for c in cells:
+                    _log(f"{label} c={c}")
+                    rows.append(closed_loop(label, http_worker(f"{other.url}/predict", api_jpeg), c, secs,
+                                            server_pids=_pids(triton, other)))  # fmt: skip
         port = free_port()
         _log("peer: original-style Flask baseline (threaded=False, JSON tensors)")
         baseline = _start_peer([sys.executable, "-m", "imgcls_bench.baseline", "--port", str(port), "--triton-url", triton.url,
@@ -254,21 +268,30 @@ def run(args: argparse.Namespace) -> dict:
 
     ray_python = BENCH_ENV / "bin" / "python"
     if ray_python.exists() and not args.skip_ray:
-        port = free_port()
-        _log("peer: Ray Serve (same preprocessing + ONNX Runtime, @serve.batch)")
         src = Path(__file__).resolve().parents[2]
         env = {
             "PYTHONPATH": f"{src / 'common'}{os.pathsep}{src / 'bench'}",
             "RAY_USAGE_STATS_ENABLED": "0",
         }
-        ray_peer = _start_peer([str(ray_python), "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", built["fp32"],
-                                "--size", str(args.size)], port, work / "ray", env=env, timeout=240)  # fmt: skip
-        try:
-            for c in conc:
-                rows.append(closed_loop("peer: Ray Serve", http_worker(f"http://127.0.0.1:{port}/predict", api_jpeg), c, secs,
-                                        server_pids=_pids(ray_peer)))  # fmt: skip
-        finally:
-            ray_peer.stop(grace=30)
+        # The peer gets the same two layouts as Triton: one replica using every core, and two
+        # replicas of one ONNX Runtime thread (the layout `make up` serves).
+        for replicas, threads in ((1, 0), (2, 1)):
+            label = (
+                "peer: Ray Serve (1 replica)"
+                if replicas == 1
+                else "peer: Ray Serve (2 replicas × 1 thread)"
+            )
+            _log(f"{label}: same preprocessing + ONNX Runtime, @serve.batch")
+            port = free_port()
+            ray_peer = _start_peer([str(ray_python), "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", built["fp32"],
+                                    "--size", str(args.size), "--replicas", str(replicas), "--threads", str(threads)],
+                                   port, work / f"ray-{replicas}", env=env, timeout=240)  # fmt: skip
+            try:
+                for c in conc:
+                    rows.append(closed_loop(label, http_worker(f"http://127.0.0.1:{port}/predict", api_jpeg), c, secs,
+                                            server_pids=_pids(ray_peer)))  # fmt: skip
+            finally:
+                ray_peer.stop(grace=30)
     else:
         _log(f"Ray Serve peer skipped (no {BENCH_ENV}; `make bench` creates it)")
 
@@ -315,6 +338,9 @@ def targets(result: dict) -> dict:
     if api and ray:
         out["api_over_ray"] = round(api["img_per_s"] / ray["img_per_s"], 2)
         out["api_p99_ms_vs_ray_p99_ms"] = [api["p99_ms"], ray["p99_ms"]]
+        # What a server with zero overhead (exactly the in-process limit) would score against
+        # the same Ray row: no tuning of the serving path can go past this ratio.
+        out["limit_over_ray"] = round(result["limit_img_per_s"] / ray["img_per_s"], 2)
     if api and base:
         out["api_over_baseline"] = round(api["img_per_s"] / base["img_per_s"], 2)
     if api and int8:

@@ -36,11 +36,13 @@ def _images(size: int, n: int, seed: int = 0) -> np.ndarray:
 
 def build_models(out: Path, size: int) -> None:
     """ResNet50V2 at ``size`` (seeded random weights: speed does not depend on training) →
-    FP32 ONNX, static QDQ INT8 ONNX; three Triton models (batching on, off, INT8)."""
+    FP32 ONNX, static QDQ INT8 ONNX; Triton models: as served (params.yaml ``publish``), with
+    batching off, as one instance using every core, and INT8."""
     import keras
     import onnx
 
     from model_preparation import int8 as int8_module
+    from model_preparation.common import load_params
     from model_preparation.export import convert
     from model_preparation.int8 import quantize_int8
     from model_preparation.onnx_utils import signature
@@ -62,9 +64,12 @@ def build_models(out: Path, size: int) -> None:
         quantize_int8(fp32, int8, _images(size, 64))
         stamp.write_text(recipe)
     repo = out / "repository"
+    # What `make up` serves (params.yaml `publish`), plus the variants the bench compares it with.
+    served = load_params("publish")
     models = {
         "resnet50v2": (fp32, {}),
         "resnet50v2_nobatch": (fp32, {"dynamic_batching": False}),
+        "resnet50v2_1x2": (fp32, {"instance_count": 1, "ort_intra_op_threads": 0}),
         "resnet50v2_int8": (int8, {}),
     }
     for name, (path, extra) in models.items():
@@ -73,12 +78,7 @@ def build_models(out: Path, size: int) -> None:
         target.unlink(missing_ok=True)  # always the current build of the model
         shutil.copyfile(path, target)
         inputs, outputs = signature(path)
-        params = {
-            "max_batch_size": 32,
-            "preferred_batch_sizes": [4, 8, 16],
-            "max_queue_delay_us": 2000,
-            **extra,
-        }
+        params = {**served, "max_batch_size": 32, "preferred_batch_sizes": [4, 8, 16], **extra}
         (repo / name / "config.pbtxt").write_text(render_config(name, inputs, outputs, params))
         (repo / name / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
     print(

@@ -21,11 +21,15 @@ from starlette.responses import JSONResponse
 from imgcls.preprocessing import load_image
 
 
-def build(model_path: str, size: int, max_batch: int):
-    @serve.deployment(num_replicas=1, max_ongoing_requests=64)
+def build(model_path: str, size: int, max_batch: int, replicas: int, threads: int):
+    @serve.deployment(num_replicas=replicas, max_ongoing_requests=64)
     class Classifier:
         def __init__(self) -> None:
-            self.session = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(
+                model_path, opts, providers=["CPUExecutionProvider"]
+            )
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.002)
         async def infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -47,10 +51,15 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-    serve.run(build(args.model, args.size, args.max_batch), route_prefix="/predict")
+    serve.run(
+        build(args.model, args.size, args.max_batch, args.replicas, args.threads),
+        route_prefix="/predict",
+    )
     print("ray peer ready", flush=True)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

@@ -67,10 +67,20 @@ output [
 {batching}instance_group [
   {{
     count: {int(params.get("instance_count", 1))}
+    kind: KIND_CPU
   }}
 ]
-version_policy: {{ latest: {{ num_versions: 1 }} }}
+{_ort_parameters(params)}version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
+
+
+def _ort_parameters(params: dict) -> str:
+    """ONNX Runtime threads per model instance, in the native backend's own parameter names
+    (the local shim reads the same keys). 0 or absent: ONNX Runtime uses every core."""
+    threads = int(params.get("ort_intra_op_threads", 0))
+    if threads <= 0:
+        return ""
+    return f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{threads}" }} }}\n'
 
 
 def publish_model(

@@ -15,13 +15,20 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+def _intra_op_threads(config):
+    """``intra_op_thread_count`` from the model config, as the native backend reads it; else
+    ``ORT_INTRA_OP_THREADS``; else 0 (ONNX Runtime picks: one thread per core)."""
+    param = config.get("parameters", {}).get("intra_op_thread_count", {})
+    return int(param.get("string_value") or os.environ.get("ORT_INTRA_OP_THREADS", "0"))
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         filename = config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(os.environ.get("ORT_INTRA_OP_THREADS", "0"))
+        opts.intra_op_num_threads = _intra_op_threads(config)
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
         self.input_names = [i["name"] for i in config["input"]]
