@@ -19,6 +19,9 @@ threads = int(os.environ.get("API_THREADS", "8"))
 timeout = int(os.environ.get("API_WORKER_TIMEOUT", "60"))
 graceful_timeout = 10
 keepalive = 5
+# Workers heartbeat by touching a temp file on every loop; on a container's overlay /tmp that
+# can block (gunicorn's FAQ): keep it in memory where /dev/shm exists.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = os.environ.get("API_ACCESS_LOG") or None  # the app logs each request as JSON
 errorlog = "-"
 loglevel = os.environ.get("API_LOG_LEVEL", "info")

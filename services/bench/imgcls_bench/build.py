@@ -78,7 +78,7 @@ def build_models(out: Path, size: int) -> None:
         target.unlink(missing_ok=True)  # always the current build of the model
         shutil.copyfile(path, target)
         inputs, outputs = signature(path)
-        params = {**served, "max_batch_size": 32, "preferred_batch_sizes": [4, 8, 16], **extra}
+        params = {**served, **extra}
         (repo / name / "config.pbtxt").write_text(render_config(name, inputs, outputs, params))
         (repo / name / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
     print(

@@ -35,13 +35,11 @@ def render_config(
 ) -> str:
     """config.pbtxt for the official image's native ONNX Runtime backend (and the local shim)."""
     (inp,), (out,) = inputs, outputs
-    preferred = ", ".join(str(b) for b in params.get("preferred_batch_sizes", [4, 8]))
+    preferred = ", ".join(str(b) for b in params.get("preferred_batch_sizes", []))
     batching = (
-        f"""dynamic_batching {{
-  preferred_batch_size: [ {preferred} ]
-  max_queue_delay_microseconds: {int(params.get("max_queue_delay_us", 2000))}
-}}
-"""
+        "dynamic_batching {\n"
+        + (f"  preferred_batch_size: [ {preferred} ]\n" if preferred else "")
+        + f"  max_queue_delay_microseconds: {int(params.get('max_queue_delay_us', 0))}\n}}\n"
         if params.get("dynamic_batching", True)
         else ""
     )
@@ -67,7 +65,6 @@ output [
 {batching}instance_group [
   {{
     count: {int(params.get("instance_count", 1))}
-    kind: KIND_CPU
   }}
 ]
 {_ort_parameters(params)}version_policy: {{ latest: {{ num_versions: 1 }} }}
