@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from model_preparation.common import PipelineError
 from model_preparation.onnx_utils import session
 from model_preparation.publish import publish
-
-
-def _tiny_onnx(path, classes: int = 3, size: int = 8):
-    """uint8 image → mean over pixels → softmax of a fixed projection (a real, runnable graph)."""
-    inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])
-    out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])
-    weights = helper.make_tensor(
-        "w", TensorProto.FLOAT, [3, classes], np.eye(3, classes).flatten().tolist()
-    )
-    nodes = [
-        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["f"], ["m"], axes=[1, 2], keepdims=0),
-        helper.make_node("MatMul", ["m", "w"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    graph = helper.make_graph(nodes, "tiny", [inp], [out], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+from tests.models import tiny_onnx
 
 
 def test_config_and_labels_follow_the_graph(tmp_path):
-    model = _tiny_onnx(tmp_path / "m.onnx")
+    model = tiny_onnx(tmp_path / "m.onnx")
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
     receipt = publish(model, labels, tmp_path / "repo", {"model_name": "m", "max_batch_size": 4})
@@ -50,7 +29,7 @@ def test_config_and_labels_follow_the_graph(tmp_path):
 
 
 def test_label_count_must_match_the_output(tmp_path):
-    model = _tiny_onnx(tmp_path / "m.onnx", classes=3)
+    model = tiny_onnx(tmp_path / "m.onnx", classes=3)
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")
     with pytest.raises(PipelineError, match="3 classes but there are 2 labels"):
@@ -58,7 +37,7 @@ def test_label_count_must_match_the_output(tmp_path):
 
 
 def test_thread_layout_uses_the_native_backends_parameter_names(tmp_path):
-    model = _tiny_onnx(tmp_path / "m.onnx")
+    model = tiny_onnx(tmp_path / "m.onnx")
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\nc\n")
     layout = {"model_name": "m", "instance_count": 2, "ort_intra_op_threads": 1}

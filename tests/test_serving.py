@@ -263,3 +263,35 @@ def test_overload_is_shed_with_429_and_retry_after(triton, tiny_project, tmp_pat
         shed = next(r for r in responses if r.status_code == 429)
         assert shed.headers["Retry-After"] and shed.json()["error"]["code"] == "overloaded"
         assert _post(api, files={"image": data}).status_code == 200  # recovers at once
+
+
+def _stub_threads(model_dir: Path) -> list[int]:
+    """Thread counts of the Python-backend stubs serving ``model_dir`` (one per instance)."""
+    counts = []
+    for pid in subprocess.run(["pgrep", "-f", "triton_python_backend_stub"], capture_output=True,
+                              text=True).stdout.split():  # fmt: skip
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if len(argv) > 1 and Path(argv[1].decode()).is_relative_to(model_dir):
+                counts.append(len(list(Path(f"/proc/{pid}/task").iterdir())))
+        except OSError:
+            continue  # a stub of another test's server that just exited
+    return counts
+
+
+def test_config_thread_layout_reaches_onnxruntime(tmp_path):
+    """``instance_count`` and ``intra_op_thread_count`` from config.pbtxt are honoured: two stubs,
+    and the three-thread model's stubs hold the two extra ONNX Runtime pool threads."""
+    from local_stack.triton import TritonServer
+    from model_preparation.publish import publish
+    from tests.models import tiny_onnx
+
+    model, labels, repo = tiny_onnx(tmp_path / "m.onnx"), tmp_path / "labels.txt", tmp_path / "repo"
+    labels.write_text("a\nb\nc\n")
+    for name, threads in (("one", 1), ("three", 3)):
+        layout = {"model_name": name, "instance_count": 2, "ort_intra_op_threads": threads}
+        publish(model, labels, repo, layout)
+    with TritonServer(repo, workdir=tmp_path / "triton"):
+        one, three = _stub_threads(repo / "one"), _stub_threads(repo / "three")
+    assert len(one) == 2 and len(three) == 2, (one, three)
+    assert [t - 2 for t in three] == one, (one, three)
