@@ -20,7 +20,7 @@ from imgcls.preprocessing import load_image
 from local_stack.api import ApiServer
 from local_stack.triton import TritonServer
 from model_preparation.onnx_utils import session
-from tests.test_publish import _tiny_onnx
+from tests.models import tiny_onnx
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LOAD_SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", "20"))
@@ -101,7 +101,7 @@ def test_a_new_model_version_is_picked_up_with_its_labels_and_shape(
     # Version 2: another graph, 4 classes and a 32×32 input; labels and config change with it.
     model_dir = repo / "resnet50v2"
     (model_dir / "2").mkdir()
-    new_model = _tiny_onnx(model_dir / "2/model.onnx", classes=4, size=32)
+    new_model = tiny_onnx(model_dir / "2/model.onnx", classes=4, size=32)
     config = (model_dir / "config.pbtxt").read_text()
     config = config.replace("dims: [ 48, 48, 3 ]", "dims: [ 32, 32, 3 ]").replace(
         "dims: [ 3 ]", "dims: [ 4 ]"
