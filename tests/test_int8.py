@@ -74,11 +74,15 @@ def _images(n: int) -> np.ndarray:
 def test_channel_scales_become_an_exact_depthwise_conv():
     model = _stem_model()
     x = _images(8)
+    # a 1×1×1×1 scale broadcasts over all 8 channels: not a per-channel scale, it stays a Mul
+    model.graph.initializer.append(_init("broadcast", np.full((1, 1, 1, 1), 0.5, np.float32)))
+    model.graph.node.insert(4, helper.make_node("Mul", ["c1", "broadcast"], ["c1_half"]))
+    next(n for n in model.graph.node if n.op_type == "Pad").input[0] = "c1_half"
     before = _run(model, x)
-    # the scalar rescale is not per-channel and must stay a Mul
+    # the scalar rescale and the broadcast scale are not per-channel and must stay Muls
     assert channel_scales_to_depthwise_conv(model) == 1
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("Mul") == 1 and ops.count("Conv") == 3
+    assert ops.count("Mul") == 2 and ops.count("Conv") == 3
     dw = next(n for n in model.graph.node if n.name.endswith("/dw"))
     assert helper.get_attribute_value(next(a for a in dw.attribute if a.name == "group")) == 8
     np.testing.assert_allclose(_run(model, x), before, rtol=1e-6, atol=1e-7)

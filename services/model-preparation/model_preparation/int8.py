@@ -77,15 +77,17 @@ def _per_channel_constant(value: np.ndarray) -> bool:
 
 
 def channel_scales_to_depthwise_conv(model: onnx.ModelProto) -> int:
-    """Replace ``Mul(x, s)`` with ``s`` of shape 1×C×1×1 and ``x`` 4-D by a depthwise 1×1 Conv.
+    """Replace ``Mul(x, s)`` with ``s`` of shape 1×C×1×1 and ``x`` N×C×H×W (same C, known from
+    shape inference) by a depthwise 1×1 Conv; a scale that broadcasts over channels stays a Mul.
 
     Returns how many were replaced. FP32 results are unchanged (one multiply per element).
     """
     inferred = shape_inference.infer_shapes(model)
-    ranks = {
-        v.name: len(v.type.tensor_type.shape.dim)
+    channels_of = {
+        v.name: dims[1].dim_value if len(dims) == 4 and dims[1].HasField("dim_value") else None
         for v in [*inferred.graph.value_info, *inferred.graph.input]
         if v.type.tensor_type.HasField("shape")
+        for dims in [v.type.tensor_type.shape.dim]
     }
     inits = {i.name: i for i in model.graph.initializer}
     nodes = list(model.graph.node)
@@ -96,9 +98,11 @@ def channel_scales_to_depthwise_conv(model: onnx.ModelProto) -> int:
         (const,) = (i for i in node.input if i in inits)
         (x,) = (i for i in node.input if i not in inits)
         scale = numpy_helper.to_array(inits[const])
-        if scale.dtype != np.float32 or not _per_channel_constant(scale) or ranks.get(x) != 4:
+        if scale.dtype != np.float32 or not _per_channel_constant(scale):
             continue
         channels = scale.shape[1]
+        if channels_of.get(x) != channels:
+            continue
         weight = numpy_helper.from_array(scale.reshape(channels, 1, 1, 1), f"{node.name}/dw_weight")
         model.graph.initializer.append(weight)
         nodes[pos] = helper.make_node(
