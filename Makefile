@@ -4,11 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODEL := model_repository/resnet50v2/1/model.onnx
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
+MODEL_REPOSITORY ?= model_repository
+UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
 .PHONY: install data model up test test-fast lint format bench clean help
 
@@ -36,25 +37,17 @@ $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pypro
 install: $(STAMP)
 
 data: $(STAMP)
-	@if [ -z "$$(ls -A data/raw 2>/dev/null)" ]; then \
-		echo "[data] data/raw is empty: generating the seeded demo dataset"; \
-		$(BIN)/python -m model_preparation.demo_data && dvc add -q data; \
-	else echo "[data] using the images in data/raw"; fi
+	@$(BIN)/python -m model_preparation.bootstrap --data-only
 
-model: data
-	@echo "[model] dvc repro (prepare → train → export → evaluate → quantize → publish)"
-	dvc repro
-	dvc commit -q -f model.dvc
-	@$(BIN)/python -c "import json; m = json.load(open('artifacts/reports/metrics.json')); \
-		q = json.load(open('artifacts/reports/int8.json')); print(f'[model] held-out accuracy ' \
-		f'{m[\"accuracy\"]:.4f} FP32, {q[\"int8_accuracy\"]:.4f} INT8 (dvc metrics show: all metrics)')"
+# Retrain and version: demo data if data/raw is empty, dvc repro, dvc commit model.dvc.
+model: $(STAMP)
+	@$(BIN)/python -m model_preparation.bootstrap
 
-$(MODEL):
-	@echo "[up] no model in model_repository: building one from data/raw (≈ 7 min on 2 cores)"
-	@$(MAKE) --no-print-directory model
-
-up: $(STAMP) $(MODEL)
-	$(BIN)/python -m local_stack
+# Reuse a complete model_repository, else `dvc pull` from a configured remote, else build one
+# (the same step as the compose stack's model-init service), then serve until stopped.
+up: $(STAMP)
+	@$(BIN)/python -m model_preparation.bootstrap --if-missing --repository $(MODEL_REPOSITORY)
+	$(BIN)/python -m local_stack --model-repository $(MODEL_REPOSITORY) $(UP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
