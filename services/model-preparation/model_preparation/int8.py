@@ -31,6 +31,7 @@ from .onnx_utils import signature
 def quantize_int8(model: Path, out: Path, calibration: np.ndarray, batch_size: int = 16) -> None:
     """Static QDQ INT8: per-channel int8 weights, uint8 activations calibrated on ``calibration``
     (uint8 images ``N×H×W×3``). Used by the pipeline's quantize stage and by the bench."""
+    import onnxruntime as ort
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -40,6 +41,9 @@ def quantize_int8(model: Path, out: Path, calibration: np.ndarray, batch_size: i
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     input_name = signature(model)[0][0].name
+    # The sessions quantization opens print one "Removing initializer" warning per folded
+    # constant (hundreds for ResNet50V2): errors only, so the pipeline's console shows progress.
+    ort.set_default_logger_severity(3)
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:

@@ -43,6 +43,7 @@ def session(path: Path, threads: int = 0):
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3  # errors only: graph-optimisation notices are not progress
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
