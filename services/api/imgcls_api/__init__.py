@@ -1,35 +1,22 @@
-"""Flask API in front of Triton: ``create_app`` is the only entry point (gunicorn, tests)."""
+"""Flask API in front of Triton: ``create_app`` is the only entry point (gunicorn, tests).
+
+This package imports nothing at module level on purpose: gunicorn's master imports
+``imgcls_api.gunicorn_conf`` (so this file) before that module sets
+``PROMETHEUS_MULTIPROC_DIR``, and prometheus_client chooses where samples live when it is first
+imported. Importing the app here made every worker count in private memory, and ``/metrics``
+under gunicorn answered an empty body.
+"""
 
 from __future__ import annotations
 
-import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from . import observability, openapi
-from .errors import register_error_handlers
-from .routes import bp
-from .settings import Settings
-from .triton import TritonGateway
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the app; ``config`` overrides the environment (keys are Settings field names)."""
-    settings = Settings.from_env().override(config)
-    app = Flask(__name__)
-    app.config["SETTINGS"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
-    app.json.sort_keys = False
-    app.extensions["triton"] = TritonGateway(settings)
-    # Load shedding: with gunicorn gthread, set API_THREADS above MAX_IN_FLIGHT so that the
-    # spare threads answer 429 at once instead of letting connections queue.
-    app.extensions["admission"] = (
-        threading.BoundedSemaphore(settings.max_in_flight) if settings.max_in_flight > 0 else None
-    )
-    observability.configure_logging()
-    observability.init_app(app)
-    register_error_handlers(app)
-    app.register_blueprint(bp)
-    app.register_blueprint(openapi.bp)
-    return app
+    from .app import build_app
+
+    return build_app(config)

@@ -14,28 +14,34 @@ class ApiError(Exception):
     """An error a client can act on; ``code`` is stable, ``message`` is for humans."""
 
     def __init__(
-        self, status: int, code: str, message: str, retry_after: int | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.retry_after = retry_after
+        self.headers = dict(headers or {})
+        if retry_after is not None:
+            self.headers["Retry-After"] = str(retry_after)
 
 
-def error_response(status: int, code: str, message: str, retry_after: int | None = None):
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):
     g.error_code = code  # for the access log line
     resp = jsonify({"error": {"code": code, "message": message}})
     resp.status_code = status
-    if retry_after is not None:
-        resp.headers["Retry-After"] = str(retry_after)
+    resp.headers.update(headers or {})
     return resp
 
 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.retry_after)
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

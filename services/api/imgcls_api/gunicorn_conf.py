@@ -33,3 +33,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def when_ready(server):
+    """One start-up line saying whether API keys are required (never the keys themselves)."""
+    from imgcls_api.auth import describe
+    from imgcls_api.settings import Settings
+
+    server.log.info(describe(Settings.from_env()))

@@ -108,4 +108,5 @@ def init_app(app: Flask) -> None:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: CONTENT_TYPE_LATEST already names its charset
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -1,10 +1,17 @@
-"""API settings: environment variables with defaults that work for ``make up``."""
+"""API settings: environment variables with defaults that work for ``make up``.
+
+Each field is read from the environment variable of the same name, upper-cased. A value that
+does not parse as the field's type stops the start with a message naming the variable.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,9 @@ class Settings:
     model_info_ttl_s: float = 30.0  # re-read model metadata at least this often
     retry_after_s: int = 2  # Retry-After header on 503 and 429
     max_in_flight: int = 0  # predictions at once per worker before a fast 429; 0 = no cap
+    api_keys: str = ""  # comma-separated keys; "" and no api_keys_file = no authentication
+    api_keys_file: str = ""  # a file of keys, one per line (a mounted secret)
+    metrics_require_key: bool = False  # with keys on, /metrics needs one too
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -29,7 +39,7 @@ class Settings:
         for f in fields(cls):
             raw = environ.get(f.name.upper())
             if raw is not None and raw != "":
-                values[f.name] = type(getattr(cls, f.name))(raw)
+                values[f.name] = _parse(f.name.upper(), getattr(cls, f.name), raw)
         return cls(**values)
 
     def override(self, mapping: dict[str, Any] | None) -> Settings:
@@ -37,5 +47,21 @@ class Settings:
         if not mapping:
             return self
         known = {f.name for f in fields(self)}
-        updates = {k.lower(): v for k, v in mapping.items() if k.lower() in known}
+        updates = {k.lower(): v for k, v in mapping.items()}
+        unknown = sorted(set(updates) - known)
+        if unknown:
+            raise ValueError(f"unknown API setting(s): {', '.join(unknown)}")
         return replace(self, **updates)
+
+
+def _parse(name: str, default: Any, raw: str) -> Any:
+    """``raw`` as the type of ``default``; booleans accept 1/0, true/false, yes/no, on/off."""
+    if isinstance(default, bool):
+        word = raw.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise ValueError(f"{name}={raw!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a valid {type(default).__name__}") from None

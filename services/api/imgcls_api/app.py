@@ -1,0 +1,35 @@
+"""The application factory behind :func:`imgcls_api.create_app`."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from flask import Flask
+
+from . import auth, observability, openapi
+from .errors import register_error_handlers
+from .routes import bp
+from .settings import Settings
+from .triton import TritonGateway
+
+
+def build_app(config: dict[str, Any] | None = None) -> Flask:
+    settings = Settings.from_env().override(config)
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
+    app.json.sort_keys = False
+    app.extensions["triton"] = TritonGateway(settings)
+    # Load shedding: with gunicorn gthread, set API_THREADS above MAX_IN_FLIGHT so that the
+    # spare threads answer 429 at once instead of letting connections queue.
+    app.extensions["admission"] = (
+        threading.BoundedSemaphore(settings.max_in_flight) if settings.max_in_flight > 0 else None
+    )
+    observability.configure_logging()
+    observability.init_app(app)
+    auth.init_app(app, settings)
+    register_error_handlers(app)
+    app.register_blueprint(bp)
+    app.register_blueprint(openapi.bp)
+    return app
