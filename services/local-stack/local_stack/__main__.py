@@ -31,7 +31,18 @@ def _parse() -> argparse.Namespace:
 
 
 def _stop(_signum, _frame) -> None:
+    """Leave the wait loop on the first SIGTERM/SIGINT; ignore the ones that follow.
+
+    A supervisor signals the whole process group, and make forwards it to us once more: a
+    second KeyboardInterrupt raised inside the cleanup would skip stopping Triton.
+    """
+    _ignore_stop_signals()
     raise KeyboardInterrupt
+
+
+def _ignore_stop_signals() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main() -> int:
@@ -75,6 +86,7 @@ def main() -> int:
         print(f"[up] {exc}", file=sys.stderr)
         return 1
     finally:
+        _ignore_stop_signals()
         api.stop()
         triton.stop()
         print("[up] stopped.", flush=True)

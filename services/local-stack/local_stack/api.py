@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from .procs import ManagedProcess, free_port
+from .procs import ManagedProcess, client_address, free_port
 
 
 class ApiServer(ManagedProcess):
@@ -28,7 +28,7 @@ class ApiServer(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{client_address(self.host, self.port)}"
 
     def start(self, timeout: float = 30.0, wait_ready: bool = True) -> ApiServer:
         """Start gunicorn; wait for ``/readyz`` (or only ``/healthz`` with ``wait_ready=False``)."""

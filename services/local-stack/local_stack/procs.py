@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,13 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def client_address(bind: str, port: int) -> str:
+    """``host:port`` where a local client reaches a server bound to ``bind`` (a wildcard bind
+    is reached on loopback; IPv6 in brackets)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(bind, bind)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:
@@ -64,7 +72,7 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(
-            cmd,
+            _with_parent_death_signal(cmd),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env or self.environment(),
@@ -115,6 +123,13 @@ class ManagedProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """Have the kernel SIGTERM the child if its parent dies without stopping it (SIGKILL, a
+    crash): ``setpriv --pdeathsig`` (util-linux) sets it just before exec, no preexec_fn."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else cmd
 
 
 def _signal_group(pgid: int, sig: int) -> None:

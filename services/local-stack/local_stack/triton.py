@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
 from pathlib import Path
 
-from .procs import ManagedProcess, free_port
+from .procs import ManagedProcess, client_address, free_port
 
 _BACKENDS_SRC = Path(__file__).parent / "backends"
+# Control endpoints the API never uses: they need the ``admin-key`` header (security, README).
+RESTRICTED = "logging,trace,model-repository"
 
 
 def pytriton_root() -> Path:
@@ -76,8 +79,11 @@ class TritonServer(ManagedProcess):
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         exit_timeout: int = 3,
+        admin_key: str | None = None,
     ) -> None:
         super().__init__(workdir, env)
+        # TRITON_ADMIN_KEY gives an operator the control endpoints; without it nobody has them.
+        self.admin_key = admin_key or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(24)
         self.model_repository = Path(model_repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
@@ -88,11 +94,11 @@ class TritonServer(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"127.0.0.1:{self.http_port}"
+        return client_address(self.host, self.http_port)
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return f"http://{client_address(self.host, self.metrics_port)}/metrics"
 
     def command(self) -> list[str]:
         backends = build_backend_dir(self.workdir / "backends")
@@ -108,6 +114,8 @@ class TritonServer(ManagedProcess):
             "--backend-config=python,shm-default-byte-size=16777216",
             # Keep-alive clients (the API) would otherwise hold a SIGTERM for 30 s.
             f"--exit-timeout-secs={self.exit_timeout}",
+            f"--http-restricted-api={RESTRICTED}:admin-key={self.admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED}:admin-key={self.admin_key}",
         ]
         cmd += [f"--{svc}-address={self.host}" for svc in ("http", "grpc", "metrics")]
         if self.poll_secs:
