@@ -121,3 +121,65 @@ def api(triton, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+class InMemoryGateway:
+    """Stands in for ``TritonGateway`` in *unit* tests of the API (parsing, errors, responses).
+
+    Probabilities are a deterministic function of each image's mean colour, so a test can tell
+    which image produced which result. Tests that claim to test Triton use the real one.
+    """
+
+    def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4):
+        from imgcls_api.triton import ModelInfo
+
+        self.info = ModelInfo(
+            name="resnet50v2", version="1", input_name="image", input_dtype="UINT8",
+            height=size[0], width=size[1], output_name="probabilities", labels=tuple(labels),
+            max_batch_size=max_batch_size, fetched_at=0.0,
+        )  # fmt: skip
+        self.batches: list = []  # what infer() was given, batch by batch
+        self.error = None  # an ApiError to raise from every call
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def model_ready(self) -> bool:
+        self._check()
+        return True
+
+    def model_info(self, refresh: bool = False):
+        self._check()
+        return self.info
+
+    def infer(self, images):
+        import numpy as np
+
+        self._check()
+        self.batches.append(images)
+        logits = images.reshape(len(images), -1, 3).mean(axis=1)[:, : len(self.info.labels)]
+        logits = np.pad(logits, ((0, 0), (0, len(self.info.labels) - logits.shape[1])))
+        exp = np.exp((logits - logits.max(axis=1, keepdims=True)) / 32.0)
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32), self.info
+
+
+@pytest.fixture()
+def gateway() -> InMemoryGateway:
+    return InMemoryGateway()
+
+
+@pytest.fixture()
+def app(gateway):
+    """The real app from ``create_app`` with the in-memory gateway in place of Triton."""
+    from imgcls_api import create_app
+
+    app = create_app({"max_batch_images": 8})
+    app.config["TESTING"] = True
+    app.extensions["triton"] = gateway
+    return app
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()

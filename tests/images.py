@@ -89,3 +89,19 @@ def readable_formats() -> dict[str, bytes]:
         "bmp": encode(gradient(), "BMP"),
         "webp": encode(gradient(), "WEBP"),
     }
+
+
+def photo_like_jpeg(width: int = 1600, height: int = 1200, seed: int = 0) -> bytes:
+    """A camera-sized 4:3 JPEG with what phone photos carry: sensor-like noise, smooth light,
+    chroma subsampling, and an EXIF orientation tag (portrait shot stored landscape)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    light = 120 + 80 * np.sin(x / width * 3.1) * np.cos(y / height * 2.3)
+    rgb = np.stack([light * 1.1, light, light * 0.8], axis=-1)
+    rgb[height // 3 : height // 2, width // 4 : width // 2] = (200, 40, 40)  # an object
+    rgb += rng.normal(0, 12, rgb.shape)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "imgcls test camera"
+    img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    return encode(img, "JPEG", quality=85, subsampling=2, exif=exif.tobytes())

@@ -210,46 +210,6 @@ def test_readyz_is_503_until_triton_has_the_model_then_200(model_repository, tmp
         api.stop()
 
 
-def test_make_up_launcher_serves_then_stops_cleanly_on_ctrl_c(
-    model_repository, tiny_project, tmp_path
-):
-    """`python -m local_stack` is what `make up` runs after building the model."""
-    import signal
-    import sys
-
-    from local_stack.procs import free_port
-
-    ports = [free_port() for _ in range(4)]
-    cmd = [sys.executable, "-m", "local_stack", "--model-repository", str(model_repository),
-           "--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2]),
-           "--api-port", str(ports[3]), "--logs", str(tmp_path / "logs")]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops both" in line:
-                break
-        assert any("curl -F image=@" in line for line in lines), lines
-        path = _sample_files(tiny_project, 1)[0]
-        resp = requests.post(
-            f"http://127.0.0.1:{ports[3]}/predict", files={"image": path.read_bytes()}, timeout=30
-        )
-        assert resp.status_code == 200
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-        assert "[up] stopped." in proc.stdout.read()
-        leftovers = subprocess.run(
-            ["pgrep", "-f", f"--http-port={ports[0]}"], capture_output=True, text=True
-        )
-        assert leftovers.stdout.strip() == ""
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_overload_is_shed_with_429_and_retry_after(triton, tiny_project, tmp_path):
     from local_stack.api import ApiServer
 

@@ -1,0 +1,230 @@
+"""The Docker path as a user runs it, on a real Docker engine: `docker compose up` on a fresh clone.
+
+A copy of the checkout (what a clone holds, owned by an arbitrary uid) with tiny pipeline
+parameters; `docker compose up -d --build` with the stand-in base images passed through the
+compose file's own PYTHON_IMAGE / TRITON_IMAGE arguments. The model comes from the stack itself
+(model-init: demo data + the pipeline), then Triton and the API start. Everything built is
+removed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from local_stack.procs import free_port, http_status
+from tests import docker_support, images
+from tests.conftest import merge, run
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+OWNER = 4242  # neither root nor the images' own users: the checkout of "someone else"
+# Small enough that the containerised pipeline takes a couple of minutes on 2 cores.
+DOCKER_PARAMS = {
+    "demo": {"images_per_class": 40, "min_side": 40, "max_side": 56},
+    "prepare": {"image_size": 32},
+    "train": {"epochs": 1, "steps_per_epoch": 2, "batch_size": 16, "patience": 1},
+    "export": {"parity_samples": 4},
+    "quantize": {"calibration_images": 8, "min_agreement": 0.0},
+    "publish": {"max_batch_size": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def docker_env(tmp_path_factory):
+    """Environment for `docker` / `docker compose`: an engine (started if none answers)."""
+    env = dict(os.environ)
+    env["DOCKER_CONFIG"] = str(docker_support.compose_config_dir(tmp_path_factory.mktemp("dcfg")))
+    engine = None
+    if not docker_support.engine_answers(env):
+        if shutil.which("dockerd") is None or os.geteuid() != 0:
+            reason = "no Docker engine answers and none can be started (dockerd, root)"
+            if os.environ.get("REQUIRE_DOCKER"):
+                pytest.fail(reason)
+            pytest.skip(reason)
+        engine = docker_support.DockerEngine(tmp_path_factory.mktemp("dockerd")).start()
+        env["DOCKER_HOST"] = engine.host
+    try:
+        env.update(docker_support.build_standins(env))
+        yield env
+    finally:
+        docker_support.remove_standins(env)
+        if engine is not None:
+            engine.stop()
+
+
+def fresh_checkout(dest: Path) -> Path:
+    """What `git clone` of this checkout gives (tracked + new, unignored files), as a git repo."""
+    files = run(["git", "ls-files", "-co", "--exclude-standard", "-z"], REPO).stdout
+    for name in filter(None, files.split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    run("git init -q && git add -A && git -c user.email=t@t -c user.name=t commit -qm clone", dest)
+    return dest
+
+
+def _set_params(checkout: Path, override: dict) -> None:
+    path = checkout / "params.yaml"
+    params = merge(yaml.safe_load(path.read_text()), override)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _compose(stack, *args: str, timeout: float = 600, check: bool = True):
+    env, checkout, project = stack["env"], stack["checkout"], stack["project"]
+    result = subprocess.run(
+        ["docker", "compose", "-p", project, *args],
+        cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and result.returncode != 0:
+        logs = subprocess.run(
+            ["docker", "compose", "-p", project, "logs", "--tail", "60"],
+            cwd=checkout, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        raise AssertionError(
+            f"docker compose {' '.join(args)} failed:\n{result.stderr[-3000:]}\n{logs.stdout}"
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def stack(docker_env, tmp_path_factory):
+    checkout = fresh_checkout(tmp_path_factory.mktemp("clone"))
+    _set_params(checkout, DOCKER_PARAMS)
+    run(["chown", "-R", f"{OWNER}:{OWNER}", str(checkout)], checkout)
+    port = free_port()
+    env = {**docker_env, "API_PORT": str(port)}
+    stack = {"env": env, "checkout": checkout, "project": f"imgcls-test-{port}", "port": port}
+    try:
+        _compose(stack, "up", "-d", "--build", timeout=1800)
+        deadline = time.monotonic() + 120
+        while http_status(f"http://127.0.0.1:{port}/readyz") != 200:
+            assert time.monotonic() < deadline, _compose(stack, "logs", "--tail", "80").stdout
+            time.sleep(1)
+        yield stack
+    finally:
+        _compose(stack, "down", "-v", "--rmi", "all", "--remove-orphans", check=False)
+
+
+def _readme_curl_line() -> str:
+    """The curl line of README's Docker section, as printed there."""
+    docker_section = (REPO / "README.md").read_text().split("### Docker", 1)[1]
+    return re.search(r"^curl -F image=@\S+ http://localhost:5000/predict$", docker_section, re.M)[0]
+
+
+def _predict_readme_image(stack) -> dict:
+    line = _readme_curl_line().replace("localhost:5000", f"127.0.0.1:{stack['port']}")
+    out = run(line + " -sS --fail-with-body", stack["checkout"])
+    return json.loads(out.stdout)
+
+
+def test_readme_curl_line_answers_on_a_fresh_clone(stack):
+    body = _predict_readme_image(stack)
+    assert body["model"]["name"] == "resnet50v2"
+    assert body["label"] in {"circle", "square", "triangle"}
+    assert abs(sum(p["probability"] for p in body["predictions"]) - 1) < 1e-4
+
+
+def test_a_real_photo_and_bad_input(stack):
+    url = f"http://127.0.0.1:{stack['port']}/predict"
+    photo = images.photo_like_jpeg()
+    assert _post(url, photo)[0] == 200
+    status, body = _post(url, b"this is not an image")
+    assert status == 400 and body["error"]["code"] == "not_an_image"
+
+
+def _post(url: str, data: bytes) -> tuple[int, dict]:
+    boundary = "imgclsboundary"
+    payload = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        url, data=payload, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_model_init_said_what_it_did_and_files_belong_to_the_checkout_owner(stack):
+    logs = _compose(stack, "logs", "model-init").stdout
+    assert "no servable model in model_repository/" in logs
+    assert "generating the seeded demo dataset" in logs and "≈ 7 min" in logs
+    checkout = stack["checkout"]
+    for path in ("data/raw/circle/circle_0000.jpg", "model_repository/resnet50v2/1/model.onnx",
+                 "artifacts/model.onnx", "dvc.lock", ".dvc/tmp", "model.dvc"):  # fmt: skip
+        assert (checkout / path).stat().st_uid == OWNER, path
+
+
+def _inspect(stack, service: str) -> dict:
+    cid = _compose(stack, "ps", "-aq", service).stdout.split()[0]
+    out = docker_support.docker(stack["env"], "inspect", cid)
+    return json.loads(out.stdout)[0]
+
+
+def test_only_the_api_is_published_and_every_service_is_hardened(stack):
+    for service in ("model-init", "triton", "api"):
+        host = _inspect(stack, service)["HostConfig"]
+        assert host["CapDrop"] == ["ALL"], service
+        assert "no-new-privileges:true" in host["SecurityOpt"], service
+        assert host["ReadonlyRootfs"] is True, service
+        assert host["Memory"] > 0, service
+    assert not _inspect(stack, "triton")["HostConfig"]["PortBindings"]
+    assert list(_inspect(stack, "api")["HostConfig"]["PortBindings"]) == ["5000/tcp"]
+
+
+def test_serving_containers_run_as_non_root(stack):
+    for service in ("triton", "api"):
+        uid = _compose(stack, "exec", "-T", service, "id", "-u").stdout.strip()
+        assert uid.isdigit() and int(uid) != 0, service
+
+
+def test_triton_control_endpoints_are_refused_inside_the_network(stack):
+    code = (
+        "import json, urllib.request as u\n"
+        "for path, body in (('/v2/logging', {'log_verbose_level': 1}),"
+        " ('/v2/trace/setting', {'trace_rate': '1'}),"
+        " ('/v2/repository/models/resnet50v2/unload', {})):\n"
+        "    r = u.Request('http://triton:8000' + path, json.dumps(body).encode(), method='POST')\n"
+        "    try: print(u.urlopen(r).status)\n"
+        "    except Exception as e: print(e.code)\n"
+    )
+    out = _compose(stack, "exec", "-T", "api", "python", "-c", code).stdout.split()
+    assert out == ["403", "403", "403"]
+
+
+def test_second_up_reuses_the_model(stack):
+    _compose(stack, "up", "-d", timeout=300)
+    logs = _compose(stack, "logs", "model-init").stdout
+    assert logs.count("running the pipeline") == 1
+    assert "has a complete model: reusing it" in logs
+
+
+def test_train_profile_retrains_and_triton_serves_it_without_a_restart(stack):
+    before = _predict_readme_image(stack)
+    started = _inspect(stack, "triton")["State"]["StartedAt"]
+    _set_params(stack["checkout"], {"train": {"seed": 7}})
+    _compose(stack, "--profile", "train", "run", "--rm", "model-preparation", timeout=900)
+    deadline = time.monotonic() + 60  # Triton polls the repository every 10 s
+    while (after := _predict_readme_image(stack))["predictions"] == before["predictions"]:
+        assert time.monotonic() < deadline, "Triton still serves the old model"
+        time.sleep(2)
+    assert _inspect(stack, "triton")["State"]["StartedAt"] == started
+    assert after["model"] == before["model"]
