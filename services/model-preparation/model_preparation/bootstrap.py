@@ -20,10 +20,18 @@ import sys
 import time
 from pathlib import Path
 
-from .common import PipelineError, read_json, run_cli
+from .common import (
+    INT8_REPORT,
+    METRICS_REPORT,
+    MODEL_REPOSITORY,
+    RAW_DATA,
+    PipelineError,
+    read_json,
+    run_cli,
+)
 
-RAW = Path("data/raw")
-REPOSITORY = Path("model_repository")
+RAW = RAW_DATA
+REPOSITORY = MODEL_REPOSITORY
 # What the default demo takes on the 2-core machines this project is measured on (README).
 DEMO_BUILD_ESTIMATE = "≈ 7 min on 2 cores"
 
@@ -99,8 +107,8 @@ def build() -> None:
 
 def _accuracy_line() -> str:
     try:
-        fp32 = read_json(Path("artifacts/reports/metrics.json"))["accuracy"]
-        int8 = read_json(Path("artifacts/reports/int8.json"))["int8_accuracy"]
+        fp32 = read_json(METRICS_REPORT)["accuracy"]
+        int8 = read_json(INT8_REPORT)["int8_accuracy"]
     except (OSError, KeyError, ValueError):
         return "see `dvc metrics show`"
     return f"held-out accuracy {fp32:.4f} FP32, {int8:.4f} INT8 (`dvc metrics show`: all metrics)"

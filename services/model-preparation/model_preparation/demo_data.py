@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import load_params, run_cli
+from .common import RAW_DATA, PipelineError, load_settings, run_cli
 
 SHAPES = ("circle", "square", "triangle", "cross", "star")
+
+
+@dataclass(frozen=True)
+class DemoParams:
+    """params.yaml ``demo``."""
+
+    classes: tuple[str, ...]
+    images_per_class: int
+    min_side: int
+    max_side: int
+    seed: int
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -105,24 +117,23 @@ def generate(
 
 
 def main() -> None:
-    params = load_params("demo")
+    params = load_settings(DemoParams, "demo")
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("data/raw"))
-    parser.add_argument("--classes", nargs="+", default=params.get("classes", list(SHAPES[:3])))
-    parser.add_argument(
-        "--images-per-class", type=int, default=params.get("images_per_class", 1000)
-    )
-    parser.add_argument("--seed", type=int, default=params.get("seed", 42))
+    parser.add_argument("--classes", nargs="+", default=list(params.classes))
+    parser.add_argument("--images-per-class", type=int, default=params.images_per_class)
     args = parser.parse_args()
+    unknown = sorted(set(args.classes) - set(SHAPES))
+    if unknown:
+        raise PipelineError(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     n = generate(
-        args.out,
+        RAW_DATA,
         args.classes,
         args.images_per_class,
-        args.seed,
-        params.get("min_side", 96),
-        params.get("max_side", 192),
+        params.seed,
+        params.min_side,
+        params.max_side,
     )
-    print(f"demo data: wrote {n} images of {len(args.classes)} classes to {args.out}")
+    print(f"demo data: wrote {n} images of {len(args.classes)} classes to {RAW_DATA}")
 
 
 if __name__ == "__main__":

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .common import ONNX_MODEL, PREPARED, REPORTS, load_params, read_json, run_cli, write_json
+from .common import (
+    METRICS_REPORT,
+    ONNX_MODEL,
+    PREPARED,
+    REPORTS,
+    load_settings,
+    read_json,
+    run_cli,
+    write_json,
+)
 from .onnx_utils import predict, session
 from .tfdata import load_arrays
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    """params.yaml ``evaluate``."""
+
+    batch_size: int
 
 
 def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, n: int) -> np.ndarray:
@@ -56,15 +72,15 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate(model: Path, prepared: Path, out_dir: Path, params: dict) -> dict:
+def evaluate(model: Path, prepared: Path, out_dir: Path, params: EvaluateParams) -> dict:
     meta = read_json(prepared / "meta.json")
     labels = list(meta["labels"])
     images, actual = load_arrays(prepared, "val", int(meta["image_size"]))
-    probs = predict(session(model), images, int(params.get("batch_size", 32)))
+    probs = predict(session(model), images, params.batch_size)
     predicted = probs.argmax(axis=1) if len(probs) else np.zeros((0,), np.int64)
     matrix = confusion_matrix(actual, predicted, len(labels))
     result = metrics_from(matrix, labels)
-    write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / METRICS_REPORT.name, result)
     write_json(
         out_dir / "confusion.json",
         [
@@ -77,12 +93,8 @@ def evaluate(model: Path, prepared: Path, out_dir: Path, params: dict) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=ONNX_MODEL)
-    parser.add_argument("--prepared", type=Path, default=PREPARED)
-    parser.add_argument("--out", type=Path, default=REPORTS)
-    args = parser.parse_args()
-    result = evaluate(args.model, args.prepared, args.out, load_params("evaluate"))
+    params = load_settings(EvaluateParams, "evaluate")
+    result = evaluate(ONNX_MODEL, PREPARED, REPORTS, params)
     print(f"evaluate: accuracy {result['accuracy']:.4f} on {result['num_images']} held-out images")
     for name, m in result["per_class"].items():
         print(

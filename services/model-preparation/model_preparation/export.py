@@ -6,21 +6,21 @@ sample of validation images by more than ``tolerance``.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from .common import (
+    EXPORT_REPORT,
     INPUT_NAME,
     KERAS_MODEL,
     ONNX_MODEL,
     OUTPUT_NAME,
     PREPARED,
-    REPORTS,
     PipelineError,
-    load_params,
+    load_settings,
     quiet_tensorflow,
     read_json,
     run_cli,
@@ -34,6 +34,15 @@ import tensorflow as tf  # noqa: E402
 import tf2onnx  # noqa: E402
 
 from .tfdata import read_split  # noqa: E402
+
+
+@dataclass(frozen=True)
+class ExportParams:
+    """params.yaml ``export``."""
+
+    opset: int
+    tolerance: float  # max abs diff ONNX Runtime vs Keras
+    parity_samples: int
 
 
 def rename_output(model: onnx.ModelProto, new_name: str) -> None:
@@ -54,22 +63,22 @@ def convert(keras_model: keras.Model, image_size: int, opset: int) -> onnx.Model
     return model_proto
 
 
-def export(model_path: Path, prepared: Path, out: Path, report: Path, params: dict) -> dict:
+def export(model_path: Path, prepared: Path, out: Path, report: Path, params: ExportParams) -> dict:
     meta = read_json(prepared / "meta.json")
     size = int(meta["image_size"])
     keras_model = keras.models.load_model(model_path, compile=False)
-    proto = convert(keras_model, size, int(params.get("opset", 17)))
+    proto = convert(keras_model, size, params.opset)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(out))
 
-    n = int(params.get("parity_samples", 16))
+    n = params.parity_samples
     images = np.stack(
         [img for img, _ in read_split(prepared, "val", size).take(n).as_numpy_iterator()]
     )
     expected = keras_model.predict(images, verbose=0)
     actual = predict(session(out), images)
     max_diff = float(np.max(np.abs(expected - actual)))
-    tolerance = float(params.get("tolerance", 1e-4))
+    tolerance = params.tolerance
     inputs, outputs = signature(out)
     result = {
         "max_abs_diff": max_diff,
@@ -91,15 +100,10 @@ def export(model_path: Path, prepared: Path, out: Path, report: Path, params: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=KERAS_MODEL)
-    parser.add_argument("--prepared", type=Path, default=PREPARED)
-    parser.add_argument("--out", type=Path, default=ONNX_MODEL)
-    parser.add_argument("--report", type=Path, default=REPORTS / "export.json")
-    args = parser.parse_args()
-    result = export(args.model, args.prepared, args.out, args.report, load_params("export"))
+    params = load_settings(ExportParams, "export")
+    result = export(KERAS_MODEL, PREPARED, ONNX_MODEL, EXPORT_REPORT, params)
     print(
-        f"export: {args.out}, ONNX vs Keras max abs diff {result['max_abs_diff']:.2e} "
+        f"export: {ONNX_MODEL}, ONNX vs Keras max abs diff {result['max_abs_diff']:.2e} "
         f"on {result['samples']} images"
     )
 

@@ -7,7 +7,6 @@ Unreadable files are skipped and counted in the data report; data that cannot tr
 
 from __future__ import annotations
 
-import argparse
 import io
 from collections import Counter
 from dataclasses import dataclass
@@ -19,14 +18,25 @@ from PIL import Image
 from imgcls.preprocessing import ImageError, load_image
 
 from .common import (
+    DATA_REPORT,
     PREPARED,
-    REPORTS,
+    RAW_DATA,
     PipelineError,
-    load_params,
+    load_settings,
     quiet_tensorflow,
     run_cli,
     write_json,
 )
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    """params.yaml ``prepare``."""
+
+    image_size: int  # letterbox target (square)
+    val_fraction: float
+    seed: int
+    shard_size: int  # examples per TFRecord shard
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,8 @@ def write_shards(
     return n_shards
 
 
-def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: dict) -> dict:
-    size = int(params.get("image_size", 224))
+def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: PrepareParams) -> dict:
+    size = params.image_size
     classes, files = discover(raw_dir)
     samples, encoded, skipped = [], {}, []
     for label, name in enumerate(classes):
@@ -117,12 +127,12 @@ def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: dict) -> di
     unusable = [c for c in classes if valid[c] == 0]
     if unusable:
         raise PipelineError(f"no readable image in class folder(s): {', '.join(unusable)}")
-    train, val = split(samples, float(params.get("val_fraction", 0.2)), int(params.get("seed", 42)))
+    train, val = split(samples, params.val_fraction, params.seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.tfrecord"):
         old.unlink()
-    shard_size = int(params.get("shard_size", 512))
+    shard_size = params.shard_size
     for name, part in (("train", train), ("val", val)):
         write_shards(
             name, [(encoded[s.path], s.label, str(s.path)) for s in part], out_dir, shard_size
@@ -151,15 +161,10 @@ def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: dict) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--raw", type=Path, default=Path("data/raw"))
-    parser.add_argument("--out", type=Path, default=PREPARED)
-    parser.add_argument("--report", type=Path, default=REPORTS / "data.json")
-    args = parser.parse_args()
-    report = prepare(args.raw, args.out, args.report, load_params("prepare"))
+    report = prepare(RAW_DATA, PREPARED, DATA_REPORT, load_settings(PrepareParams, "prepare"))
     print(
         f"prepare: {report['num_classes']} classes, {report['num_train']} train / "
-        f"{report['num_val']} val images, {report['num_skipped']} skipped (see {args.report})"
+        f"{report['num_val']} val images, {report['num_skipped']} skipped (see {DATA_REPORT})"
     )
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")

@@ -8,17 +8,18 @@ fails if the agreement falls under ``min_agreement``.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .common import (
+    INT8_MODEL,
+    INT8_REPORT,
     ONNX_MODEL,
     PREPARED,
-    REPORTS,
     PipelineError,
-    load_params,
+    load_settings,
     read_json,
     run_cli,
     write_json,
@@ -27,13 +28,19 @@ from .int8 import quantize_int8
 from .onnx_utils import predict, session
 from .tfdata import load_arrays, read_split
 
-INT8_MODEL = Path("artifacts/model.int8.onnx")
+
+@dataclass(frozen=True)
+class QuantizeParams:
+    """params.yaml ``quantize``."""
+
+    calibration_images: int  # training images that calibrate the activation ranges
+    min_agreement: float  # fail if INT8 and FP32 agree on fewer held-out top-1 classes
 
 
-def quantize(model: Path, prepared: Path, out: Path, report: Path, params: dict) -> dict:
+def quantize(model: Path, prepared: Path, out: Path, report: Path, params: QuantizeParams) -> dict:
     meta = read_json(prepared / "meta.json")
     size = int(meta["image_size"])
-    count = int(params.get("calibration_images", 256))
+    count = params.calibration_images
     calibration = np.stack(
         [img for img, _ in read_split(prepared, "train", size).take(count).as_numpy_iterator()]
     )
@@ -49,7 +56,7 @@ def quantize(model: Path, prepared: Path, out: Path, report: Path, params: dict)
         "size_mb": round(out.stat().st_size / 1e6, 1),
     }
     write_json(report, result)
-    if result["top1_agreement"] < float(params.get("min_agreement", 0.95)):
+    if result["top1_agreement"] < params.min_agreement:
         raise PipelineError(
             f"INT8 agrees with FP32 on only {result['top1_agreement']:.3f} of images"
         )
@@ -57,15 +64,10 @@ def quantize(model: Path, prepared: Path, out: Path, report: Path, params: dict)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, default=ONNX_MODEL)
-    parser.add_argument("--prepared", type=Path, default=PREPARED)
-    parser.add_argument("--out", type=Path, default=INT8_MODEL)
-    parser.add_argument("--report", type=Path, default=REPORTS / "int8.json")
-    args = parser.parse_args()
-    r = quantize(args.model, args.prepared, args.out, args.report, load_params("quantize"))
+    params = load_settings(QuantizeParams, "quantize")
+    r = quantize(ONNX_MODEL, PREPARED, INT8_MODEL, INT8_REPORT, params)
     print(
-        f"quantize: {args.out} ({r['size_mb']} MB); accuracy FP32 {r['fp32_accuracy']:.4f} / "
+        f"quantize: {INT8_MODEL} ({r['size_mb']} MB); accuracy FP32 {r['fp32_accuracy']:.4f} / "
         f"INT8 {r['int8_accuracy']:.4f}, top-1 agreement {r['top1_agreement']:.4f}"
     )
 

@@ -7,17 +7,18 @@ that is served is exactly the inference graph.
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from .common import (
+    DVCLIVE,
     INPUT_NAME,
     KERAS_MODEL,
     OUTPUT_NAME,
     PREPARED,
     PipelineError,
-    load_params,
+    load_settings,
     quiet_tensorflow,
     read_json,
     run_cli,
@@ -31,6 +32,35 @@ from .adasmooth import AdaSmooth  # noqa: E402
 from .tfdata import read_split  # noqa: E402
 
 OPTIMIZERS = ("adam", "sgd", "adagrad", "adasmooth")
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    flip: bool
+    rotation: float  # fraction of a full turn; 0 = off
+    contrast: float  # 0 = off
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """params.yaml ``train``."""
+
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    momentum: float  # sgd only
+    bn_momentum: float
+    patience: int
+    seed: int
+    augment: AugmentParams
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise PipelineError(
+                f"train.optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
 
 
 def build_model(image_size: int, num_classes: int, bn_momentum: float = 0.9) -> keras.Model:
@@ -52,36 +82,33 @@ def build_model(image_size: int, num_classes: int, bn_momentum: float = 0.9) -> 
     return keras.Model(inputs, outputs, name="resnet50v2_classifier")
 
 
-def make_optimizer(params: dict) -> keras.optimizers.Optimizer:
-    name = str(params.get("optimizer", "adam")).lower()
-    lr = float(params.get("learning_rate", 1e-3))
-    if name == "adam":
+def make_optimizer(params: TrainParams) -> keras.optimizers.Optimizer:
+    lr = params.learning_rate
+    if params.optimizer == "adam":
         return keras.optimizers.Adam(lr)
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=float(params.get("momentum", 0.9)), nesterov=True)
-    if name == "adagrad":
+    if params.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=params.momentum, nesterov=True)
+    if params.optimizer == "adagrad":
         return keras.optimizers.Adagrad(lr)
-    if name == "adasmooth":
-        return AdaSmooth(lr)
-    raise PipelineError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return AdaSmooth(lr)
 
 
-def augmenter(params: dict) -> keras.Sequential:
+def augmenter(params: AugmentParams) -> keras.Sequential:
     """Flip / rotation / contrast, used on the training batches only."""
     layers = []
-    if params.get("flip", True):
+    if params.flip:
         layers.append(keras.layers.RandomFlip("horizontal"))
-    if params.get("rotation", 0):
-        layers.append(keras.layers.RandomRotation(float(params["rotation"]), fill_mode="constant"))
-    if params.get("contrast", 0):
-        layers.append(keras.layers.RandomContrast(float(params["contrast"])))
+    if params.rotation:
+        layers.append(keras.layers.RandomRotation(params.rotation, fill_mode="constant"))
+    if params.contrast:
+        layers.append(keras.layers.RandomContrast(params.contrast))
     return keras.Sequential(layers, name="augmentation")
 
 
-def training_data(prepared: Path, image_size: int, params: dict, seed: int) -> tf.data.Dataset:
+def training_data(prepared: Path, image_size: int, params: TrainParams) -> tf.data.Dataset:
     """Shuffled, repeated, augmented batches (``.repeat()`` avoids Keras' per-epoch restart cost)."""
-    augment = augmenter(params.get("augment", {}))
-    batch = int(params.get("batch_size", 32))
+    augment = augmenter(params.augment)
+    batch, seed = params.batch_size, params.seed
 
     def apply(images, labels):
         out = augment(tf.cast(images, tf.float32), training=True)
@@ -108,28 +135,26 @@ class EpochLine(keras.callbacks.Callback):
         )
 
 
-def train(prepared: Path, out: Path, params: dict, live_dir: Path) -> keras.Model:
+def train(prepared: Path, out: Path, params: TrainParams, live_dir: Path) -> keras.Model:
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
     meta = read_json(prepared / "meta.json")
     size, labels = int(meta["image_size"]), list(meta["labels"])
-    seed = int(params.get("seed", 42))
-    keras.utils.set_random_seed(seed)
-    model = build_model(size, len(labels), float(params.get("bn_momentum", 0.9)))
+    keras.utils.set_random_seed(params.seed)
+    model = build_model(size, len(labels), params.bn_momentum)
     model.compile(
         optimizer=make_optimizer(params),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    epochs = int(params.get("epochs", 10))
-    batch = int(params.get("batch_size", 32))
+    epochs, batch = params.epochs, params.batch_size
     val = read_split(prepared, "val", size).batch(batch).cache().repeat()
     val_steps = max(1, -(-int(meta["num_val"]) // batch))
     checkpoint = out.with_suffix(".best.keras")
     callbacks = [
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=int(params.get("patience", 3)), restore_best_weights=True
+            monitor="val_loss", patience=params.patience, restore_best_weights=True
         ),
         keras.callbacks.ModelCheckpoint(str(checkpoint), monitor="val_loss", save_best_only=True),
         EpochLine(epochs),
@@ -137,8 +162,8 @@ def train(prepared: Path, out: Path, params: dict, live_dir: Path) -> keras.Mode
     with Live(str(live_dir), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         callbacks.append(DVCLiveCallback(live=live))
         model.fit(
-            training_data(prepared, size, params, seed),
-            steps_per_epoch=int(params.get("steps_per_epoch", 20)),
+            training_data(prepared, size, params),
+            steps_per_epoch=params.steps_per_epoch,
             epochs=epochs,
             validation_data=val,
             validation_steps=val_steps,
@@ -153,13 +178,8 @@ def train(prepared: Path, out: Path, params: dict, live_dir: Path) -> keras.Mode
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prepared", type=Path, default=PREPARED)
-    parser.add_argument("--out", type=Path, default=KERAS_MODEL)
-    parser.add_argument("--live", type=Path, default=Path("artifacts/dvclive"))
-    args = parser.parse_args()
-    train(args.prepared, args.out, load_params("train"), args.live)
-    print(f"train: best model (lowest val_loss) saved to {args.out}")
+    train(PREPARED, KERAS_MODEL, load_settings(TrainParams, "train"), DVCLIVE)
+    print(f"train: best model (lowest val_loss) saved to {KERAS_MODEL}")
 
 
 if __name__ == "__main__":
