@@ -25,7 +25,7 @@ import requests
 import tritonclient.http as httpclient
 from PIL import Image
 
-from imgcls.preprocessing import _letterbox_image, load_image, to_rgb
+from imgcls.preprocessing import letterbox_image, load_image, to_rgb
 from local_stack.api import ApiServer
 from local_stack.procs import ManagedProcess, free_port
 from local_stack.triton import TritonServer
@@ -65,7 +65,7 @@ def bench_preprocessing(jpegs: dict[str, bytes], size: int, reps: int) -> list[d
     def full_decode(data: bytes) -> np.ndarray:
         img = Image.open(io.BytesIO(data))
         img.load()
-        return _letterbox_image(to_rgb(img), (size, size))
+        return letterbox_image(to_rgb(img), (size, size))
 
     rows = []
     for name, data in jpegs.items():
@@ -150,7 +150,7 @@ def _start_peer(
 ) -> ManagedProcess:
     peer = ManagedProcess(workdir, env)
     peer.name = cmd[2] if len(cmd) > 2 else "peer"
-    peer._spawn(cmd)
+    peer.spawn(cmd)
     deadline = time.monotonic() + timeout
     probe = make_probe(port)
     while time.monotonic() < deadline:

@@ -42,11 +42,11 @@ def build_models(out: Path, size: int) -> None:
     import onnx
 
     from model_preparation import int8 as int8_module
-    from model_preparation.common import load_params
+    from model_preparation.common import load_params, parse_settings
     from model_preparation.export import convert
     from model_preparation.int8 import quantize_int8
     from model_preparation.onnx_utils import signature
-    from model_preparation.publish import render_config
+    from model_preparation.publish import PublishParams, render_config
     from model_preparation.train import build_model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +78,7 @@ def build_models(out: Path, size: int) -> None:
         target.unlink(missing_ok=True)  # always the current build of the model
         shutil.copyfile(path, target)
         inputs, outputs = signature(path)
-        params = {**served, **extra}
+        params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
         (repo / name / "config.pbtxt").write_text(render_config(name, inputs, outputs, params))
         (repo / name / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
     print(

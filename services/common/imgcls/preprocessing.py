@@ -86,7 +86,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _letterbox_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
+def letterbox_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """Resize keeping aspect ratio so the image fits ``size``, then centre it on a pad canvas."""
     height, width = size
     scale = min(width / img.width, height / img.height)
@@ -118,7 +118,7 @@ def load_image(
             side = max(target)
             img.draft("RGB", (side, side))
         img.load()
-        return _letterbox_image(to_rgb(img), target)
+        return letterbox_image(to_rgb(img), target)
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -136,4 +136,4 @@ def letterbox_array(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarr
     target = _as_size(size)
     if arr.shape[:2] == target:
         return np.ascontiguousarray(arr)
-    return _letterbox_image(Image.fromarray(arr), target)
+    return letterbox_image(Image.fromarray(arr), target)

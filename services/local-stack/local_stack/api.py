@@ -34,9 +34,7 @@ class ApiServer(ManagedProcess):
         """Start gunicorn; wait for ``/readyz`` (or only ``/healthz`` with ``wait_ready=False``)."""
         ours = {"TRITON_URL": self.triton_url, "API_BIND": f"{self.host}:{self.port}"}
         env = {**os.environ, **ours, **self.extra_env}  # the caller's overrides win
-        self._spawn(
-            [sys.executable, "-m", "gunicorn", "-c", "python:imgcls_api.gunicorn_conf"], env
-        )
+        self.spawn([sys.executable, "-m", "gunicorn", "-c", "python:imgcls_api.gunicorn_conf"], env)
         self.wait_for(f"{self.url}/{'readyz' if wait_ready else 'healthz'}", timeout)
         return self
 

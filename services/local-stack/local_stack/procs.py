@@ -68,7 +68,7 @@ class ManagedProcess:
     def environment(self) -> dict[str, str]:
         return {**os.environ, **self.extra_env}
 
-    def _spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def spawn(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the child
         self.proc = subprocess.Popen(

@@ -124,7 +124,7 @@ class TritonServer(ManagedProcess):
 
     def start(self, timeout: float = 90.0) -> TritonServer:
         """Start and wait until ``/v2/health/ready`` (every model loaded) answers 200."""
-        self._spawn(self.command(), server_env(self.extra_env))
+        self.spawn(self.command(), server_env(self.extra_env))
         self.wait_for(f"http://{self.url}/v2/health/ready", timeout)
         return self
 
