@@ -62,7 +62,7 @@ class DockerEngine(ManagedProcess):
 
     def start(self, timeout: float = 60.0) -> DockerEngine:
         w = self.workdir
-        self._spawn(
+        self.spawn(
             [
                 "dockerd",
                 f"--data-root={w / 'root'}",

@@ -25,3 +25,16 @@ def tiny_onnx(path, classes: int = 3, size: int = 8):
     model.ir_version = 8
     onnx.save(model, str(path))
     return path
+
+
+def publish_params(**override):
+    """params.yaml's ``publish`` section with ``override`` applied, as the stage's settings."""
+    from pathlib import Path
+
+    import yaml
+
+    from model_preparation.common import parse_settings
+    from model_preparation.publish import PublishParams
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    return parse_settings(PublishParams, {**params["publish"], **override}, "test publish")

@@ -244,14 +244,39 @@ def test_config_thread_layout_reaches_onnxruntime(tmp_path):
     and the three-thread model's stubs hold the two extra ONNX Runtime pool threads."""
     from local_stack.triton import TritonServer
     from model_preparation.publish import publish
-    from tests.models import tiny_onnx
+    from tests.models import publish_params, tiny_onnx
 
     model, labels, repo = tiny_onnx(tmp_path / "m.onnx"), tmp_path / "labels.txt", tmp_path / "repo"
     labels.write_text("a\nb\nc\n")
     for name, threads in (("one", 1), ("three", 3)):
-        layout = {"model_name": name, "instance_count": 2, "ort_intra_op_threads": threads}
+        layout = publish_params(model_name=name, instance_count=2, ort_intra_op_threads=threads)
         publish(model, labels, repo, layout)
     with TritonServer(repo, workdir=tmp_path / "triton"):
         one, three = _stub_threads(repo / "one"), _stub_threads(repo / "three")
     assert len(one) == 2 and len(three) == 2, (one, three)
     assert [t - 2 for t in three] == one, (one, three)
+
+
+def test_the_model_meets_tritons_example_image_client(triton, tiny_project):
+    """What triton-inference-server/client's image_client.py checks before it classifies: one
+    input of 3 dims past the batch with an NHWC/NCHW format, one vector output; then it asks
+    for the top classes through the classification extension."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(triton.url)
+    meta = client.get_model_metadata("resnet50v2")
+    config = client.get_model_config("resnet50v2")
+    (inp,), (out,) = meta["inputs"], meta["outputs"]
+    assert config["max_batch_size"] > 0 and len(inp["shape"]) == 4
+    assert config["input"][0]["format"] == "FORMAT_NHWC"
+    assert sum(d > 1 for d in out["shape"][1:]) == 1
+    _, h, w, c = inp["shape"]
+    assert c == 3
+    image = load_image(_sample_files(tiny_project, 1)[0], (h, w))[None]
+    tensor = httpclient.InferInput(inp["name"], list(image.shape), inp["datatype"])
+    tensor.set_data_from_numpy(image)
+    top = httpclient.InferRequestedOutput(out["name"], class_count=3)
+    result = client.infer("resnet50v2", [tensor], outputs=[top]).as_numpy(out["name"])
+    assert result.shape == (1, 3)
+    labels = [entry.decode().split(":", 2)[2] for entry in result[0]]  # "score:index:label"
+    assert sorted(labels) == ["circle", "square", "triangle"]
