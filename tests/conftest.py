@@ -183,3 +183,23 @@ def app(gateway):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture()
+def api_log():
+    """The API's JSON log lines, parsed, as they are written during the test."""
+    import io
+    import json
+    import logging
+
+    from imgcls_api.observability import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("imgcls_api")
+    logger.addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        logger.removeHandler(handler)

@@ -60,12 +60,18 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging() -> None:
-    root = logging.getLogger()
-    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+    """JSON lines on stderr for the API's own loggers (``imgcls_api.*``).
+
+    Only that logger is touched: the root logger and other libraries' handlers stay as the
+    host process (gunicorn, a test runner, an embedding app) configured them.
+    """
+    log = logging.getLogger("imgcls_api")
+    if not any(isinstance(h.formatter, JsonFormatter) for h in log.handlers):
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
-        root.handlers = [handler]
-    root.setLevel(os.environ.get("API_LOG_LEVEL", "INFO").upper())
+        log.addHandler(handler)
+    log.setLevel(os.environ.get("API_LOG_LEVEL", "INFO").upper())
+    log.propagate = False
 
 
 def init_app(app: Flask) -> None:
