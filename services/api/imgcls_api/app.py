@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, observability, openapi
+from . import auth, observability, openapi, web
 from .errors import register_error_handlers
 from .routes import bp
 from .settings import Settings
@@ -32,4 +32,5 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(bp)
     app.register_blueprint(openapi.bp)
+    web.init_app(app)
     return app

@@ -1,8 +1,9 @@
 """Optional API keys: off unless ``API_KEYS`` or ``API_KEYS_FILE`` gives at least one.
 
 When on, every route needs a key except the ones orchestrators and readers of the docs use
-(health, readiness, the OpenAPI document and its page) and, unless ``METRICS_REQUIRE_KEY`` is
-set, ``/metrics``. A key travels as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
+(health, readiness, the OpenAPI document, the page and the explorer with their static files)
+and, unless ``METRICS_REQUIRE_KEY`` is set, ``/metrics``. The page's own calls (``/models``,
+``/predict``) need the key like any client's. A key travels as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``.
 Keys are compared as SHA-256 digests with :func:`hmac.compare_digest` against every configured
 key (no early exit, no length leak), and are never logged: only their count is.
 """
@@ -18,7 +19,10 @@ from flask import Flask, request
 from .errors import ApiError
 from .settings import Settings
 
-OPEN_ENDPOINTS = frozenset({"api.healthz", "api.readyz", "openapi.openapi_json", "openapi.docs"})
+OPEN_ENDPOINTS = frozenset(
+    {"api.healthz", "api.readyz", "openapi.openapi_json", "web.index", "web.asset", "web.docs",
+     "web.swagger_asset"}
+)  # fmt: skip
 REALM = 'Bearer realm="imgcls"'
 
 

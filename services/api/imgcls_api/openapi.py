@@ -1,14 +1,16 @@
-"""OpenAPI 3 description of the API (``/openapi.json``) and a self-contained page (``/docs``).
+"""OpenAPI 3 description of the API (``/openapi.json``); ``/docs`` renders it with Swagger UI.
 
-The page is rendered here from the same document (no CDN: these hosts may be offline).
+The model choice is part of the document: ``?model=`` lists exactly the models this API may
+use (``MODELS``), so clients and the explorer offer only those.
 """
 
 from __future__ import annotations
 
-import html
-import json
+import copy
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, current_app, jsonify
+
+from .settings import Settings
 
 bp = Blueprint("openapi", __name__)
 
@@ -29,8 +31,10 @@ def _error_response(description: str, retry_after: bool = False) -> dict:
 
 _ERRORS = {
     "400": _error_response(
-        "Missing field, empty file, not an image, corrupt image, bad JSON/base64/.npy"
+        "Missing field, empty file, not an image, corrupt image, bad JSON/base64/.npy, "
+        "unknown model"
     ),
+    "401": _error_response("API keys are on and the request has none or a wrong one"),
     "413": _error_response("Body over MAX_UPLOAD_MB, image over MAX_IMAGE_PIXELS, too many images"),
     "415": _error_response("Unsupported Content-Type"),
     "422": _error_response(
@@ -60,6 +64,14 @@ SPEC: dict = {
                         "required": False,
                         "schema": {"type": "integer", "minimum": 1},
                         "description": "limit the returned distribution to the k most likely classes",
+                    },
+                    {
+                        "name": "model",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "which served model answers (GET /models); default "
+                        "MODEL_NAME",
                     },
                     {
                         "name": "shape",
@@ -121,6 +133,23 @@ SPEC: dict = {
                 },
             }
         },
+        "/models": {
+            "get": {
+                "summary": "The models ?model= may choose, with their readiness",
+                "responses": {
+                    "200": {
+                        "description": "the default model and every allowed one",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/ModelList"}
+                            }
+                        },
+                    },
+                    "401": _ERRORS["401"],
+                    "503": _ERRORS["503"],
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "The API process is alive",
@@ -160,7 +189,31 @@ SPEC: dict = {
         },
     },
     "components": {
+        "securitySchemes": {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            "Bearer": {"type": "http", "scheme": "bearer"},
+        },
         "schemas": {
+            "ModelList": {
+                "type": "object",
+                "required": ["default", "models"],
+                "properties": {
+                    "default": {"type": "string"},
+                    "models": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "ready"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "ready": {"type": "boolean"},
+                                "version": {"type": "string"},
+                                "labels": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+            },
             "Error": {
                 "type": "object",
                 "required": ["error"],
@@ -240,39 +293,27 @@ SPEC: dict = {
                 },
             },
             "DataFrameRecords": {"type": "array", "items": {"type": "object"}},
-        }
+        },
     },
 }
 
 
+# Optional: no key when API keys are off (the default), either header when they are on.
+_KEYED = [{}, {"ApiKey": []}, {"Bearer": []}]
+
+
+def document(settings: Settings) -> dict:
+    """SPEC with this API's allowed models as the ``model`` enum, and keys where they apply."""
+    spec = copy.deepcopy(SPEC)
+    predict = spec["paths"]["/predict"]["post"]
+    for param in predict["parameters"]:
+        if param["name"] == "model":
+            param["schema"]["enum"] = list(settings.allowed_models)
+    predict["security"] = _KEYED
+    spec["paths"]["/models"]["get"]["security"] = _KEYED
+    return spec
+
+
 @bp.get("/openapi.json")
 def openapi_json():
-    return jsonify(SPEC)
-
-
-@bp.get("/docs")
-def docs():
-    """A human page: every route, body type and response, from the same document."""
-    rows = []
-    for path, methods in SPEC["paths"].items():
-        for method, op in methods.items():
-            bodies = ", ".join(op.get("requestBody", {}).get("content", {})) or "—"
-            statuses = ", ".join(
-                f"{code} {r['description']}" for code, r in op["responses"].items()
-            )
-            rows.append(
-                f"<tr><td><code>{method.upper()} {path}</code></td><td>{html.escape(op['summary'])}"
-                f"</td><td>{html.escape(bodies)}</td><td>{html.escape(statuses)}</td></tr>"
-            )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>imgcls API</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:.4em;"
-        "vertical-align:top}table{border-collapse:collapse}</style></head><body>"
-        f"<h1>{SPEC['info']['title']}</h1><p>{html.escape(SPEC['info']['description'])}</p>"
-        "<table><tr><th>route</th><th>what</th><th>bodies</th><th>responses</th></tr>"
-        + "".join(rows)
-        + "</table><h2>OpenAPI document</h2><pre>"
-        + html.escape(json.dumps(SPEC, indent=2))
-        + "</pre></body></html>"
-    )
-    return Response(page, mimetype="text/html")
+    return jsonify(document(current_app.config["SETTINGS"]))

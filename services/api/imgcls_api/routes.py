@@ -29,15 +29,47 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Triton answers and the model is loaded (labels included); 503 otherwise."""
-    gateway = _gateway()
+    """Ready when Triton answers and the default model is loaded (with labels); 503 otherwise."""
+    gateway, model = _gateway(), _settings().model_name
     try:
-        info = gateway.model_info() if gateway.model_ready() else None
+        info = gateway.model_info(model) if gateway.model_ready(model) else None
     except ApiError as exc:
         return _not_ready(exc.code, exc.message)
     if info is None:
-        return _not_ready("model_not_ready", f"model {_settings().model_name!r} is not ready")
+        return _not_ready("model_not_ready", f"model {model!r} is not ready")
     return jsonify({"status": "ready", "model": _model_json(info), "labels": list(info.labels)})
+
+
+@bp.get("/models")
+def models():
+    """The models ``?model=`` may choose, the default first, each with its readiness."""
+    gateway, listed = _gateway(), []
+    for name in _settings().allowed_models:
+        entry: dict = {"name": name, "ready": False}
+        try:
+            if gateway.model_ready(name):
+                info = gateway.model_info(name)
+                entry.update(ready=True, version=info.version, labels=list(info.labels))
+        except ApiError as exc:
+            if exc.status != 503:
+                raise
+        listed.append(entry)
+    return jsonify({"default": _settings().model_name, "models": listed})
+
+
+def _chosen_model() -> str:
+    """``?model=``, one of the allowed models, else the default: never a name Triton picks."""
+    name = request.args.get("model")
+    if name is None or name == "":
+        return _settings().model_name
+    allowed = _settings().allowed_models
+    if name not in allowed:
+        raise ApiError(
+            400,
+            "unknown_model",
+            f"model {name!r} is not offered; choose one of {', '.join(allowed)}",
+        )
+    return name
 
 
 def _not_ready(code: str, message: str):
@@ -67,11 +99,11 @@ def _predict():
     if request.content_length is not None and request.content_length > limit:
         # Refuse before talking to Triton or reading the body.
         raise ApiError(413, "payload_too_large", f"the body exceeds {settings.max_upload_mb:g} MB")
-    top_k = _top_k()
+    top_k, model = _top_k(), _chosen_model()
     gateway = _gateway()
-    info = gateway.model_info()
+    info = gateway.model_info(model)
     images = inputs.decode(request, info.size, settings.max_image_pixels, settings.max_batch_images)
-    probs, info = gateway.infer(np.stack(images))
+    probs, info = gateway.infer(np.stack(images), model)
     results = [_result(p, info.labels, top_k) for p in probs]
     body = {"model": _model_json(info)}
     if len(results) == 1 and not _is_batch_request():

@@ -17,7 +17,8 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 @dataclass(frozen=True)
 class Settings:
     triton_url: str = "127.0.0.1:8000"  # host:port of Triton's HTTP endpoint
-    model_name: str = "resnet50v2"
+    model_name: str = "resnet50v2"  # the default model
+    models: str = "resnet50v2,resnet50v2_int8"  # what ?model= may choose (the default always)
     model_version: str = ""  # "" = whatever Triton serves as latest
     triton_timeout_s: float = 10.0  # an inference slower than this is a 504
     connect_timeout_s: float = 2.0  # an unreachable Triton is a fast 503
@@ -30,6 +31,12 @@ class Settings:
     api_keys: str = ""  # comma-separated keys; "" and no api_keys_file = no authentication
     api_keys_file: str = ""  # a file of keys, one per line (a mounted secret)
     metrics_require_key: bool = False  # with keys on, /metrics needs one too
+
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        """The default model first, then MODELS, without repeats."""
+        names = [self.model_name, *(m.strip() for m in self.models.split(","))]
+        return tuple(dict.fromkeys(n for n in names if n))
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:

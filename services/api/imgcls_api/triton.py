@@ -53,13 +53,20 @@ class ModelInfo:
 
 
 class TritonGateway:
-    """Thread-safe access to one model on one Triton server."""
+    """Thread-safe access to the models the API may use on one Triton server.
+
+    Every method takes the model name; ``MODEL_VERSION`` pins the version of the default model
+    (``MODEL_NAME``), the others are served at Triton's latest version.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._info: ModelInfo | None = None
+        self._info: dict[str, ModelInfo] = {}
+
+    def _version(self, model: str) -> str:
+        return self.settings.model_version if model == self.settings.model_name else ""
 
     # -- clients ---------------------------------------------------------------------------
     def _client(self) -> httpclient.InferenceServerClient:
@@ -81,12 +88,12 @@ class TritonGateway:
             with contextlib.suppress(Exception):  # closing a broken client must not raise
                 client.close()
 
-    def _call(self, fn, *args, **kwargs):
-        """Run one client call, translating transport failures into API errors."""
+    def _call(self, model: str, fn):
+        """Run one client call about ``model``, translating failures into API errors."""
         try:
-            return fn(self._client(), *args, **kwargs)
+            return fn(self._client())
         except InferenceServerException as exc:
-            raise self._translate(exc) from exc
+            raise self._translate(exc, model) from exc
         except _TIMEOUT_ERRORS as exc:
             self._drop_client()
             raise ApiError(
@@ -101,48 +108,46 @@ class TritonGateway:
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(503, "triton_unavailable", message, retry_after=self.settings.retry_after_s)
 
-    def _translate(self, exc: InferenceServerException) -> ApiError:
+    def _translate(self, exc: InferenceServerException, model: str) -> ApiError:
         text = str(exc.message() or exc)
         lowered = text.lower()
         if any(s in lowered for s in ("unknown model", "not ready", "unavailable", "not found")):
             with self._lock:
-                self._info = None
-            return self._unavailable(f"model {self.settings.model_name!r} is not ready: {text}")
+                self._info.pop(model, None)
+            return self._unavailable(f"model {model!r} is not ready: {text}")
         if "timeout" in lowered or "deadline" in lowered:
             return ApiError(504, "triton_timeout", text)
         return ApiError(502, "triton_error", f"Triton refused the request: {text}")
 
     # -- health ----------------------------------------------------------------------------
-    def live(self) -> bool:
-        return bool(self._call(lambda c: c.is_server_live()))
-
-    def model_ready(self) -> bool:
-        s = self.settings
-        return bool(self._call(lambda c: c.is_model_ready(s.model_name, s.model_version)))
+    def model_ready(self, model: str) -> bool:
+        version = self._version(model)
+        return bool(self._call(model, lambda c: c.is_model_ready(model, version)))
 
     # -- model information -----------------------------------------------------------------
-    def model_info(self, refresh: bool = False) -> ModelInfo:
-        info = self._info
-        stale = info is None or time.monotonic() - info.fetched_at > self.settings.model_info_ttl_s
-        if refresh or stale:
+    def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
+        info = self._info.get(model)
+        ttl = self.settings.model_info_ttl_s
+        if refresh or info is None or time.monotonic() - info.fetched_at > ttl:
             with self._lock:
-                if refresh or self._info is info:
-                    self._info = self._fetch_info()
-                info = self._info
-        assert info is not None
+                current = self._info.get(model)
+                if refresh or current is info:  # no other thread refreshed it meanwhile
+                    current = self._fetch_info(model)
+                    self._info[model] = current
+                info = current
         return info
 
-    def _fetch_info(self) -> ModelInfo:
-        s = self.settings
-        meta = self._call(lambda c: c.get_model_metadata(s.model_name, s.model_version))
-        config = self._call(lambda c: c.get_model_config(s.model_name, s.model_version))
+    def _fetch_info(self, model: str) -> ModelInfo:
+        version = self._version(model)
+        meta = self._call(model, lambda c: c.get_model_metadata(model, version))
+        config = self._call(model, lambda c: c.get_model_config(model, version))
         (inp,), (out,) = meta["inputs"], meta["outputs"]
         shape = [int(d) for d in inp["shape"]]
         if len(shape) != 4 or shape[-1] != 3:
             raise ApiError(502, "unsupported_model", f"model input shape {shape} is not N×H×W×3")
         partial = ModelInfo(
             name=meta["name"],
-            version=s.model_version or max(meta.get("versions", ["1"]), key=int),
+            version=version or max(meta.get("versions", ["1"]), key=int),
             input_name=inp["name"],
             input_dtype=inp["datatype"],
             height=shape[1],
@@ -172,16 +177,16 @@ class TritonGateway:
         output = httpclient.InferRequestedOutput(
             info.output_name, binary_data=True, class_count=class_count
         )
+        version = self._version(info.name)
         with TRITON_LATENCY.time():
             return self._call(
-                lambda c: c.infer(
-                    info.name, [tensor], model_version=self.settings.model_version, outputs=[output]
-                )
+                info.name,
+                lambda c: c.infer(info.name, [tensor], model_version=version, outputs=[output]),
             )
 
-    def infer(self, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+    def infer(self, images: np.ndarray, model: str) -> tuple[np.ndarray, ModelInfo]:
         """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size."""
-        info = self.model_info()
+        info = self.model_info(model)
         parts = []
         for start in range(0, len(images), info.max_batch_size):
             chunk = np.ascontiguousarray(images[start : start + info.max_batch_size])
@@ -189,7 +194,7 @@ class TritonGateway:
             served = str(result.get_response().get("model_version", info.version))
             if served != info.version:
                 # A new version went live: re-read shape and labels before answering with them.
-                info = self.model_info(refresh=True)
+                info = self.model_info(model, refresh=True)
                 if (chunk.shape[1], chunk.shape[2]) != info.size:
                     raise self._unavailable("the model changed during the request; retry")
             parts.append(result.as_numpy(info.output_name))
