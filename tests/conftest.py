@@ -126,42 +126,61 @@ def api(triton, tmp_path_factory):
 class InMemoryGateway:
     """Stands in for ``TritonGateway`` in *unit* tests of the API (parsing, errors, responses).
 
-    Probabilities are a deterministic function of each image's mean colour, so a test can tell
-    which image produced which result. Tests that claim to test Triton use the real one.
+    Serves ``resnet50v2`` and ``resnet50v2_int8`` (the default ``MODELS``). Probabilities are a
+    deterministic function of each image's mean colour, so a test can tell which image produced
+    which result. Tests that claim to test Triton use the real one.
     """
 
     def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4):
         from imgcls_api.triton import ModelInfo
 
-        self.info = ModelInfo(
-            name="resnet50v2", version="1", input_name="image", input_dtype="UINT8",
-            height=size[0], width=size[1], output_name="probabilities", labels=tuple(labels),
-            max_batch_size=max_batch_size, fetched_at=0.0,
-        )  # fmt: skip
+        self.infos = {
+            name: ModelInfo(
+                name=name,
+                version="1",
+                input_name="image",
+                input_dtype="UINT8",
+                height=size[0],
+                width=size[1],
+                output_name="probabilities",
+                labels=tuple(labels),
+                max_batch_size=max_batch_size,
+                fetched_at=0.0,
+            )
+            for name in ("resnet50v2", "resnet50v2_int8")
+        }
         self.batches: list = []  # what infer() was given, batch by batch
+        self.models: list[str] = []  # which model each batch went to
         self.error = None  # an ApiError to raise from every call
 
-    def _check(self) -> None:
+    def _check(self, model: str):
+        from imgcls_api.errors import ApiError
+
         if self.error is not None:
             raise self.error
+        if model not in self.infos:
+            raise ApiError(
+                503, "triton_unavailable", f"model {model!r} is not ready", retry_after=2
+            )
+        return self.infos[model]
 
-    def model_ready(self) -> bool:
-        self._check()
+    def model_ready(self, model: str) -> bool:
+        self._check(model)
         return True
 
-    def model_info(self, refresh: bool = False):
-        self._check()
-        return self.info
+    def model_info(self, model: str, refresh: bool = False):
+        return self._check(model)
 
-    def infer(self, images):
+    def infer(self, images, model: str):
         import numpy as np
 
-        self._check()
+        info = self._check(model)
         self.batches.append(images)
-        logits = images.reshape(len(images), -1, 3).mean(axis=1)[:, : len(self.info.labels)]
-        logits = np.pad(logits, ((0, 0), (0, len(self.info.labels) - logits.shape[1])))
+        self.models.append(model)
+        logits = images.reshape(len(images), -1, 3).mean(axis=1)[:, : len(info.labels)]
+        logits = np.pad(logits, ((0, 0), (0, len(info.labels) - logits.shape[1])))
         exp = np.exp((logits - logits.max(axis=1, keepdims=True)) / 32.0)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32), self.info
+        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32), info
 
 
 @pytest.fixture()

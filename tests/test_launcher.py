@@ -52,9 +52,13 @@ def _alive(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen there now, as the next `make up` would (SO_REUSEADDR, like
+    Triton and gunicorn: a closed connection's TIME_WAIT does not count, a listener does)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
+            sock.listen(1)
         except OSError:
             return False
     return True

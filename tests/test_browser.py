@@ -1,0 +1,166 @@
+"""The page and the API explorer in a real browser (Debian's Chromium driven by Playwright),
+against the real Triton and the real API of the test session.
+
+Chromium is launched by path (never `playwright install`, which downloads a browser).
+Screenshots land in tests/artifacts/ (git-ignored) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests import images
+
+pytestmark = [pytest.mark.browser, pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail(f"no Chromium at {CHROMIUM}")
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture()
+def page(browser, api):
+    """A fresh page on the API's origin that records every request and console error."""
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    page.requests = []
+    page.console_errors = []
+    page.on("request", lambda r: page.requests.append(r.url))
+    # uncaught script errors and CSP refusals; an HTTP error the test provokes is not one
+    page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+    page.on(
+        "console",
+        lambda m: (
+            ("Refused" in m.text or "Content Security Policy" in m.text)
+            and page.console_errors.append(m.text)
+        ),
+    )
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+def _origins(page) -> set[str]:
+    return {
+        f"{u.scheme}://{u.netloc}"
+        for u in map(urlsplit, page.requests)
+        if u.scheme in ("http", "https", "ws", "wss")
+    }
+
+
+def _demo_image(tiny_project: Path, shape: str) -> Path:
+    return sorted((tiny_project / "data/raw" / shape).glob(f"{shape}_*.jpg"))[0]
+
+
+def test_upload_a_demo_image_shows_its_label_and_bars(page, api, tiny_project):
+    page.goto(api.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", str(_demo_image(tiny_project, "circle")))
+    result = page.locator("#results .result").first
+    result.locator(".bars li").nth(2).wait_for()
+    assert result.locator(".label").inner_text() in {"circle", "square", "triangle"}
+    bars = result.locator(".bars li .name").all_inner_texts()
+    assert sorted(bars) == ["circle", "square", "triangle"]
+    meta = result.locator(".meta").inner_text()
+    assert "model resnet50v2 v1" in meta and "ms round trip" in meta
+    assert result.locator(".preview").get_attribute("src").startswith("blob:")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
+    assert _origins(page) == {api.url}
+    assert not page.console_errors, page.console_errors  # CSP violations would show here
+
+
+def test_two_files_give_two_results(page, api, tiny_project):
+    page.goto(api.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    files = [str(_demo_image(tiny_project, s)) for s in ("square", "triangle")]
+    page.set_input_files("#files", files)
+    page.locator("#results .result .bars li").nth(5).wait_for()
+    assert page.locator("#results .result").count() == 2
+    metas = page.locator("#results .result .meta").all_inner_texts()
+    assert {m.split(" · ")[0] for m in metas} == {Path(f).name for f in files}
+
+
+def test_a_text_file_shows_the_apis_error_message(page, api, tmp_path):
+    text = tmp_path / "notes.jpg"
+    text.write_bytes(images.TEXT_AS_JPG)
+    page.goto(api.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", str(text))
+    error = page.locator("#results .result .error")
+    error.wait_for()
+    assert "(not_an_image)" in error.inner_text()
+    assert "error 400" in page.locator("#results .result .label").inner_text()
+
+
+def test_switching_to_int8_answers_with_the_int8_model(page, api, tiny_project):
+    page.goto(api.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    options = page.locator("#model option").all_inner_texts()
+    assert options == ["resnet50v2", "resnet50v2_int8"]
+    page.select_option("#model", "resnet50v2_int8")
+    page.set_input_files("#files", str(_demo_image(tiny_project, "circle")))
+    meta = page.locator("#results .result .meta").first
+    page.wait_for_function(
+        "document.querySelector('#results .result .meta').textContent.includes('round trip')"
+    )
+    assert "model resnet50v2_int8 v1" in meta.inner_text()
+
+
+def test_the_page_is_usable_with_the_keyboard_and_on_a_narrow_screen(browser, api):
+    context = browser.new_context(viewport={"width": 360, "height": 740}, is_mobile=True)
+    page = context.new_page()
+    try:
+        page.goto(api.url + "/")
+        for control in ("#model", "#files", "#camera"):
+            assert page.locator(f"label[for='{control[1:]}']").count() == 1, control
+        assert page.locator("#camera").get_attribute("capture") == "environment"
+        page.keyboard.press("Tab")
+        page.keyboard.press("Tab")
+        focused = page.evaluate("document.activeElement.id")
+        assert focused in {"model", "drop", "files"}
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 360  # no horizontal scrolling on a phone
+    finally:
+        context.close()
+
+
+def test_swagger_ui_try_it_out_classifies_a_file(page, api, tiny_project):
+    page.goto(api.url + "/docs")
+    page.locator("#operations-default-post_predict, [id*='post_predict']").first.click()
+    page.get_by_role("button", name="Try it out").click()
+    page.locator("input[type=file]").first.set_input_files(
+        str(_demo_image(tiny_project, "triangle"))
+    )
+    page.get_by_role("button", name="Execute").click()
+    body = page.locator(".responses-wrapper .live-responses-table .response-col_description pre")
+    body.first.wait_for()
+    text = body.first.inner_text()
+    assert '"label"' in text and '"predictions"' in text
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "docs.png"))
+    assert _origins(page) == {api.url}
+    assert not page.console_errors, page.console_errors
