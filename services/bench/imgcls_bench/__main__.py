@@ -11,6 +11,7 @@ when the optional bench environment exists); ONNX Runtime vs Keras; cold start. 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -18,6 +19,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,8 +144,8 @@ def http_worker(url: str, data: bytes):
     return make
 
 
-def _pids(*procs: ManagedProcess) -> list[int]:
-    return [p.proc.pid for p in procs if p.proc is not None]
+def _pids(*procs: ManagedProcess | None) -> list[int]:
+    return [p.proc.pid for p in procs if p is not None and p.proc is not None]
 
 
 def _start_peer(
@@ -191,116 +194,150 @@ def cold_start(repo: Path, workdir: Path) -> dict:
     return {"triton_ready_s": round(t_triton, 2), "stack_ready_s": round(t_stack, 2)}
 
 
-def run(args: argparse.Namespace) -> dict:
-    work = Path(args.work).resolve()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    conc = [1, 2] if args.quick else [1, 4, 8, 16]
-    secs = args.seconds
+@dataclass(frozen=True)
+class Scenario:
+    """One group of table rows: who answers the load generator, for which model, at which of
+    the bench's concurrencies."""
 
-    _log(f"building the {args.size}² FP32 and INT8 bench models (cached in {work})")
-    built = json.loads(
-        subprocess.run([sys.executable, "-m", "imgcls_bench.build", "models", str(work / "models"), "--size", str(args.size)],
-                       check=True, capture_output=True, text=True).stdout.splitlines()[-1]
-    )  # fmt: skip
-    repo = Path(built["repository"])
-    sizes = {"640x480": IMAGE_SIZES["640x480"]} if args.quick else IMAGE_SIZES
-    jpegs = make_jpegs(sizes)
-    api_jpeg = jpegs["640x480"]
-    result: dict = {"size": args.size, "cpu_count": os.cpu_count(), "seconds_per_cell": secs}
+    label: str
+    front: str  # "triton" (client → Triton), "api" (→ API → Triton), "baseline", "ray"
+    model: str = "resnet50v2"
+    cells: str = "all"  # "all", "high" (the two highest), "edges" (lowest and third)
+    replicas: int = 1  # Ray Serve only
+    threads: int = 0  # Ray Serve only: ONNX Runtime threads per replica (0 = every core)
 
-    _log("preprocessing")
-    result["preprocessing"] = bench_preprocessing(jpegs, args.size, 3 if args.quick else 20)
 
-    _log("in-process ONNX Runtime limit")
-    fp32, int8 = Path(built["fp32"]), Path(built["int8"])
-    limit_rows = [
-        *bench_limit(fp32, args.size, secs, [1, 8] if args.quick else [1, 8, 16, 32]),
-        *bench_limit(fp32, args.size, secs, [8] if args.quick else [8, 16], sessions=2),
+SCENARIOS = (
+    Scenario("triton direct (batching on)", "triton"),
+    Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
+    Scenario("API end to end (multipart JPEG)", "api"),
+    Scenario("API end to end INT8", "api", "resnet50v2_int8", cells="high"),
+    Scenario("API end to end (1 instance × all cores)", "api", "resnet50v2_1x2", cells="edges"),
+    Scenario("peer: Flask threaded=False + JSON tensors", "baseline"),
+    # Ray gets the same two layouts as Triton; it runs with Triton stopped.
+    Scenario("peer: Ray Serve (1 replica)", "ray"),
+    Scenario("peer: Ray Serve (2 replicas × 1 thread)", "ray", replicas=2, threads=1),
+)
+
+
+def _cells(which: str, conc: list[int]) -> list[int]:
+    return {"all": conc, "high": conc[-2:], "edges": conc[:1] + conc[2:3]}[which]
+
+
+@contextlib.contextmanager
+def _front(s: Scenario, triton: TritonServer | None, ctx: dict) -> Iterator[tuple]:
+    """Start what answers scenario ``s``; yield (worker factory, server pids); stop it."""
+    work, size, jpeg = ctx["work"], ctx["size"], ctx["jpeg"]
+    if s.front == "triton":
+        yield triton_worker(triton.url, s.model, size), _pids(triton)
+    elif s.front == "api":
+        env = {"MODEL_NAME": s.model}
+        with ApiServer(triton.url, workdir=work / f"api-{s.model}", env=env) as api:
+            yield http_worker(f"{api.url}/predict", jpeg), _pids(triton, api)
+    else:
+        port = free_port()
+        peer = _start_peer(_peer_command(s, port, triton, ctx), port, work / f"{s.front}-{s.replicas}",
+                           env=_peer_env(s), timeout=240 if s.front == "ray" else 120)  # fmt: skip
+        try:
+            yield http_worker(f"http://127.0.0.1:{port}/predict", jpeg), _pids(triton, peer)
+        finally:
+            peer.stop(grace=30)
+
+
+def _peer_command(s: Scenario, port: int, triton: TritonServer | None, ctx: dict) -> list[str]:
+    size = str(ctx["size"])
+    if s.front == "baseline":
+        return [sys.executable, "-m", "imgcls_bench.baseline", "--port", str(port),
+                "--triton-url", triton.url, "--size", size]  # fmt: skip
+    return [str(BENCH_ENV / "bin" / "python"), "-m", "imgcls_bench.ray_peer", "--port", str(port),
+            "--model", ctx["fp32"], "--size", size, "--replicas", str(s.replicas),
+            "--threads", str(s.threads)]  # fmt: skip
+
+
+def _peer_env(s: Scenario) -> dict | None:
+    if s.front != "ray":
+        return None
+    src = Path(__file__).resolve().parents[2]
+    return {
+        "PYTHONPATH": f"{src / 'common'}{os.pathsep}{src / 'bench'}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+
+
+def serving_rows(repo: Path, conc: list[int], secs: float, ctx: dict, ray: bool) -> list[Row]:
+    """Every scenario, one loop: the Triton-backed ones with one Triton, then the peers that
+    need none (with Triton stopped, so they get the whole machine)."""
+    rows: list[Row] = []
+
+    def measure(s: Scenario, triton: TritonServer | None) -> None:
+        with _front(s, triton, ctx) as (worker, pids):
+            for c in _cells(s.cells, conc):
+                _log(f"{s.label} c={c}")
+                rows.append(closed_loop(s.label, worker, c, secs, server_pids=pids))
+
+    with TritonServer(repo, workdir=ctx["work"] / "triton") as triton:
+        for s in (s for s in SCENARIOS if s.front != "ray"):
+            measure(s, triton)
+    if not ray:
+        _log(f"Ray Serve peer skipped (no {BENCH_ENV}; `make bench` creates it)")
+    for s in (s for s in SCENARIOS if s.front == "ray" and ray):
+        measure(s, None)
+    return rows
+
+
+def limit_rows(fp32: Path, int8: Path, size: int, secs: float, quick: bool) -> list[Row]:
+    """The in-process ONNX Runtime limit (FP32, INT8), both thread layouts."""
+    rows = [
+        *bench_limit(fp32, size, secs, [1, 8] if quick else [1, 8, 16, 32]),
+        *bench_limit(fp32, size, secs, [8] if quick else [8, 16], sessions=2),
     ]
-    limit = max(r.img_per_s for r in limit_rows)
     int8_rows = [
-        *bench_limit(int8, args.size, secs, [8] if args.quick else [8, 16]),
-        *bench_limit(int8, args.size, secs, [8], sessions=2),
+        *bench_limit(int8, size, secs, [8] if quick else [8, 16]),
+        *bench_limit(int8, size, secs, [8], sessions=2),
     ]
     for r in int8_rows:
         r.name = r.name.replace("limit:", "limit INT8:")
-    rows: list[Row] = [*limit_rows, *int8_rows]
+    return rows + int8_rows
 
+
+def _build(work: Path, size: int) -> dict:
+    cmd = [sys.executable, "-m", "imgcls_bench.build", "models", str(work / "models"),
+           "--size", str(size)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def _keras_vs_ort(built: dict, size: int, secs: float) -> dict:
+    cmd = [sys.executable, "-m", "imgcls_bench.build", "keras-vs-ort", built["keras"],
+           built["fp32"], "--size", str(size), "--seconds", str(secs)]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def run(args: argparse.Namespace) -> dict:
+    work, out_dir = Path(args.work).resolve(), Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    conc, secs = ([1, 2] if args.quick else [1, 4, 8, 16]), args.seconds
+    _log(f"building the {args.size}² FP32 and INT8 bench models (cached in {work})")
+    built = _build(work, args.size)
+    jpegs = make_jpegs({"640x480": IMAGE_SIZES["640x480"]} if args.quick else IMAGE_SIZES)
+    result: dict = {"size": args.size, "cpu_count": os.cpu_count(), "seconds_per_cell": secs}
+    _log("preprocessing")
+    result["preprocessing"] = bench_preprocessing(jpegs, args.size, 3 if args.quick else 20)
+    _log("in-process ONNX Runtime limit")
+    rows = limit_rows(Path(built["fp32"]), Path(built["int8"]), args.size, secs, args.quick)
+    limit = max(r.img_per_s for r in rows if r.name.startswith("limit: "))
     _log("cold start")
     single = work / "single"
     shutil.rmtree(single, ignore_errors=True)
-    shutil.copytree(repo / "resnet50v2", single / "resnet50v2")
+    shutil.copytree(Path(built["repository"]) / "resnet50v2", single / "resnet50v2")
     result["cold_start"] = cold_start(single, work)
-
-    with TritonServer(repo, workdir=work / "triton") as triton:
-        for model, label in (("resnet50v2", "batching on"), ("resnet50v2_nobatch", "batching off")):
-            for c in conc:
-                _log(f"triton direct {label} c={c}")
-                rows.append(closed_loop(f"triton direct ({label})", triton_worker(triton.url, model, args.size), c, secs,
-                                        server_pids=_pids(triton)))  # fmt: skip
-        with ApiServer(triton.url, workdir=work / "api") as api:
-            for c in conc:
-                _log(f"API end to end c={c}")
-                rows.append(closed_loop("API end to end (multipart JPEG)", http_worker(f"{api.url}/predict", api_jpeg), c, secs,
-                                        server_pids=_pids(triton, api)))  # fmt: skip
-        for model, label, cells in (
-            ("resnet50v2_int8", "API end to end INT8", conc[-2:]),
-            ("resnet50v2_1x2", "API end to end (1 instance × all cores)", conc[:1] + conc[2:3]),
-        ):
-            with ApiServer(
-                triton.url, workdir=work / f"api-{model}", env={"MODEL_NAME": model}
-            ) as other:
-                for c in cells:
-                    _log(f"{label} c={c}")
-                    rows.append(closed_loop(label, http_worker(f"{other.url}/predict", api_jpeg), c, secs,
-                                            server_pids=_pids(triton, other)))  # fmt: skip
-        port = free_port()
-        _log("peer: original-style Flask baseline (threaded=False, JSON tensors)")
-        baseline = _start_peer([sys.executable, "-m", "imgcls_bench.baseline", "--port", str(port), "--triton-url", triton.url,
-                                "--size", str(args.size)], port, work / "baseline")  # fmt: skip
-        try:
-            for c in conc:
-                rows.append(closed_loop("peer: Flask threaded=False + JSON tensors", http_worker(f"http://127.0.0.1:{port}/predict", api_jpeg),
-                                        c, secs, server_pids=_pids(triton, baseline)))  # fmt: skip
-        finally:
-            baseline.stop()
-
-    ray_python = BENCH_ENV / "bin" / "python"
-    if ray_python.exists() and not args.skip_ray:
-        src = Path(__file__).resolve().parents[2]
-        env = {
-            "PYTHONPATH": f"{src / 'common'}{os.pathsep}{src / 'bench'}",
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        # The peer gets the same two layouts as Triton: one replica using every core, and two
-        # replicas of one ONNX Runtime thread (the layout `make up` serves).
-        for replicas, threads in ((1, 0), (2, 1)):
-            label = (
-                "peer: Ray Serve (1 replica)"
-                if replicas == 1
-                else "peer: Ray Serve (2 replicas × 1 thread)"
-            )
-            _log(f"{label}: same preprocessing + ONNX Runtime, @serve.batch")
-            port = free_port()
-            ray_peer = _start_peer([str(ray_python), "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", built["fp32"],
-                                    "--size", str(args.size), "--replicas", str(replicas), "--threads", str(threads)],
-                                   port, work / f"ray-{replicas}", env=env, timeout=240)  # fmt: skip
-            try:
-                for c in conc:
-                    rows.append(closed_loop(label, http_worker(f"http://127.0.0.1:{port}/predict", api_jpeg), c, secs,
-                                            server_pids=_pids(ray_peer)))  # fmt: skip
-            finally:
-                ray_peer.stop(grace=30)
-    else:
-        _log(f"Ray Serve peer skipped (no {BENCH_ENV}; `make bench` creates it)")
-
+    ctx = {"work": work, "size": args.size, "jpeg": jpegs["640x480"], "fp32": built["fp32"]}
+    ray = (BENCH_ENV / "bin" / "python").exists() and not args.skip_ray
+    rows += serving_rows(Path(built["repository"]), conc, secs, ctx, ray)
     if not args.quick:
         _log("ONNX Runtime vs Keras (tf.function)")
-        out = subprocess.run([sys.executable, "-m", "imgcls_bench.build", "keras-vs-ort", built["keras"], built["fp32"],
-                              "--size", str(args.size), "--seconds", str(secs)], check=True, capture_output=True, text=True)  # fmt: skip
-        result["onnxruntime_vs_keras"] = json.loads(out.stdout.splitlines()[-1])
-
+        result["onnxruntime_vs_keras"] = _keras_vs_ort(built, args.size, secs)
     result["limit_img_per_s"] = round(limit, 2)
     result["rows"] = [r.summary(limit) for r in rows]
     result["targets"] = targets(result)
