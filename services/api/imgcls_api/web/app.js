@@ -29,6 +29,7 @@ async function loadModels() {
     select.add(option);
   }
   $("model-note").textContent = body.models.length > 1 ? "" : "one model served";
+  $("served").textContent = `default model: ${body.default}`;
 }
 
 function percent(p) {
