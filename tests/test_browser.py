@@ -162,3 +162,27 @@ def test_swagger_ui_try_it_out_classifies_a_file(page, api, tiny_project):
     page.screenshot(path=str(ARTIFACTS / "docs.png"))
     assert _origins(page) == {api.url}
     assert not page.console_errors, page.console_errors
+
+
+def test_triton_down_shows_the_message_and_the_retry_hint(browser, tmp_path):
+    """The page in front of an API whose Triton is gone: the 503 message with Retry-After."""
+    from local_stack.api import ApiServer
+    from local_stack.procs import free_port
+
+    server = ApiServer(f"127.0.0.1:{free_port()}", workdir=tmp_path, env={"CONNECT_TIMEOUT_S": "1"})
+    context = browser.new_context()
+    try:
+        server.start(wait_ready=False)
+        page = context.new_page()
+        page.goto(server.url + "/")
+        page.locator("#model-note").filter(has_text="no model is ready").wait_for()
+        photo = tmp_path / "photo.jpg"
+        photo.write_bytes(images.jpeg())
+        page.set_input_files("#files", str(photo))
+        error = page.locator("#results .result .error")
+        error.wait_for()
+        text = error.inner_text()
+        assert "(triton_unavailable)" in text and "try again in 2 s" in text
+    finally:
+        context.close()
+        server.stop()

@@ -163,6 +163,20 @@ def _post(url: str, data: bytes) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+def test_the_page_and_the_explorer_are_served_from_the_container(stack):
+    base = f"http://127.0.0.1:{stack['port']}"
+    for path in ("/", "/web/app.js", "/docs", "/docs/assets/swagger-ui-bundle.js"):
+        with urllib.request.urlopen(base + path, timeout=10) as resp:
+            assert resp.status == 200, path
+            assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    with urllib.request.urlopen(base + "/models", timeout=10) as resp:
+        models = json.loads(resp.read())["models"]
+    assert [(m["name"], m["ready"]) for m in models] == [
+        ("resnet50v2", True),
+        ("resnet50v2_int8", True),
+    ]
+
+
 def test_model_init_said_what_it_did_and_files_belong_to_the_checkout_owner(stack):
     logs = _compose(stack, "logs", "model-init").stdout
     assert "no servable model in model_repository/" in logs

@@ -1,6 +1,6 @@
 """Start and stop the real ``tritonserver`` binary from the nvidia-pytriton wheel, no Docker.
 
-What makes it run (measured on these machines, see README "Local Triton"):
+What makes it run (see README "Serving → Without Docker"):
 - a backend directory with a real copy of ``libtriton_python.so`` (a symlink is refused) and the
   Python stub as a symlink into site-packages (a copy cannot find its CUDA stub libraries);
 - our Python-based ``onnxruntime`` backend next to it, so ``backend: "onnxruntime"`` loads;

@@ -28,7 +28,10 @@ async function loadModels() {
     option.selected = m.name === body.default;
     select.add(option);
   }
-  $("model-note").textContent = body.models.length > 1 ? "" : "one model served";
+  const ready = body.models.filter((m) => m.ready).length;
+  $("model-note").textContent = !ready
+    ? "no model is ready: Triton may be down or still loading"
+    : body.models.length > 1 ? "" : "one model served";
   $("served").textContent = `default model: ${body.default}`;
 }
 
