@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
-.PHONY: install data model up test test-fast lint format bench clean help
+.PHONY: install data model up test test-fast lint format bench chart clean help
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
 	@echo "make test    install and run the whole test suite (lint included)"
 	@echo "make model   run the DVC pipeline (dvc repro) and version the served model"
 	@echo "make bench   benchmark (slow; see README)"
+	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
 
 $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pyproject.toml
 	@echo "[install] setting up $(VENV) (first time: a few minutes, ~2 GB; log: $(VENV)/install.log)"
@@ -62,6 +63,11 @@ test: $(STAMP) lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The Helm chart, offline: helm lint + template + Kubernetes schemas (deploy/helm/chartcheck.py).
+chart: $(STAMP)
+	$(BIN)/python deploy/helm/chartcheck.py --set modelRepository.dvcPull.gitUrl=https://example.invalid/imgcls.git
+	$(BIN)/python deploy/helm/chartcheck.py -f deploy/helm/values-gpu-s3.yaml
 
 BENCH_VENV := .cache/bench-venv
 BENCH_ARGS ?=

