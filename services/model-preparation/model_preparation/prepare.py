@@ -3,11 +3,19 @@
 Every file goes through :func:`imgcls.preprocessing.load_image`, the same function the API uses.
 Unreadable files are skipped and counted in the data report; data that cannot train a classifier
 (no images, one class, an empty class) stops the stage with a clear error.
+
+Memory does not grow with the dataset: a process pool (every core) decodes and encodes the files
+and spools each PNG to disk next to the output; the split is then taken from the list of
+readable files, and the shards are written by streaming the spooled PNGs. The TFRecords are the
+same bytes whatever the number of workers.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +51,7 @@ class PrepareParams:
 class Sample:
     path: Path
     label: int
+    png: Path | None = None  # the spooled, letterboxed PNG
 
 
 def discover(raw_dir: Path) -> tuple[list[str], dict[str, list[Path]]]:
@@ -85,18 +94,47 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_shards(
-    name: str, items: list[tuple[bytes, int, str]], out_dir: Path, shard_size: int
-) -> int:
-    """Write ``name-0000i-of-0000n.tfrecord`` shards of (PNG bytes, label, source path)."""
+def _encode(job: tuple[int, Path, int, Path]) -> tuple[int, str | None, str | None]:
+    """Worker: letterbox one file and spool its PNG; returns (index, error code, detail)."""
+    index, path, size, spool = job
+    try:
+        png = _png(load_image(path, size))
+    except ImageError as exc:
+        return index, exc.code, exc.message
+    (spool / f"{index:09d}.png").write_bytes(png)
+    return index, None, None
+
+
+def encode_all(
+    jobs: list[tuple[Path, int]], size: int, spool: Path, workers: int
+) -> tuple[list[Sample], list[tuple[Sample, str, str]]]:
+    """(readable samples in input order, unreadable ones with code and detail), in parallel;
+    only the small per-file results come back, the PNGs stay on disk."""
+    tasks = [(i, path, size, spool) for i, (path, _label) in enumerate(jobs)]
+    samples, failed = [], []
+    context = multiprocessing.get_context("fork")  # before TensorFlow is imported
+    with context.Pool(max(1, workers)) as pool:
+        for index, code, detail in pool.imap(_encode, tasks, chunksize=8):
+            path, label = jobs[index]
+            if code is None:
+                samples.append(Sample(path, label, spool / f"{index:09d}.png"))
+            else:
+                failed.append((Sample(path, label), code, detail))
+    return samples, failed
+
+
+def write_shards(name: str, samples: list[Sample], out_dir: Path, shard_size: int) -> int:
+    """Write ``name-0000i-of-0000n.tfrecord`` shards of (PNG bytes, label, source path),
+    reading one spooled PNG at a time."""
     quiet_tensorflow()
     import tensorflow as tf
 
-    n_shards = max(1, -(-len(items) // shard_size))
+    n_shards = max(1, -(-len(samples) // shard_size))
     for shard in range(n_shards):
         path = out_dir / f"{name}-{shard:05d}-of-{n_shards:05d}.tfrecord"
         with tf.io.TFRecordWriter(str(path)) as writer:
-            for png, label, source in items[shard * shard_size : (shard + 1) * shard_size]:
+            for sample in samples[shard * shard_size : (shard + 1) * shard_size]:
+                png, label, source = sample.png.read_bytes(), sample.label, str(sample.path)
                 feature = {
                     "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
                     "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
@@ -110,33 +148,34 @@ def write_shards(
     return n_shards
 
 
-def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: PrepareParams) -> dict:
-    size = params.image_size
+def prepare(
+    raw_dir: Path,
+    out_dir: Path,
+    report_path: Path,
+    params: PrepareParams,
+    workers: int | None = None,
+) -> dict:
+    """``workers`` processes decode and encode (default: every core)."""
     classes, files = discover(raw_dir)
-    samples, encoded, skipped = [], {}, []
-    for label, name in enumerate(classes):
-        for path in files[name]:
-            try:
-                encoded[path] = _png(load_image(path, size))
-                samples.append(Sample(path, label))
-            except ImageError as exc:
-                skipped.append(
-                    {"path": str(path), "class": name, "reason": exc.code, "detail": exc.message}
-                )
-    valid = Counter(classes[s.label] for s in samples)
-    unusable = [c for c in classes if valid[c] == 0]
-    if unusable:
-        raise PipelineError(f"no readable image in class folder(s): {', '.join(unusable)}")
-    train, val = split(samples, params.val_fraction, params.seed)
-
+    jobs = [(path, label) for label, name in enumerate(classes) for path in files[name]]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*.tfrecord"):
-        old.unlink()
-    shard_size = params.shard_size
-    for name, part in (("train", train), ("val", val)):
-        write_shards(
-            name, [(encoded[s.path], s.label, str(s.path)) for s in part], out_dir, shard_size
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".prepare-spool-") as spool:
+        samples, failed = encode_all(
+            jobs, params.image_size, Path(spool), workers or os.cpu_count() or 1
         )
+        skipped = [
+            {"path": str(s.path), "class": classes[s.label], "reason": code, "detail": detail}
+            for s, code, detail in failed
+        ]
+        valid = Counter(classes[s.label] for s in samples)
+        unusable = [c for c in classes if valid[c] == 0]
+        if unusable:
+            raise PipelineError(f"no readable image in class folder(s): {', '.join(unusable)}")
+        train, val = split(samples, params.val_fraction, params.seed)
+        for old in out_dir.glob("*.tfrecord"):
+            old.unlink()
+        for name, part in (("train", train), ("val", val)):
+            write_shards(name, part, out_dir, params.shard_size)
     (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
     counts = {
         c: {
@@ -145,7 +184,12 @@ def prepare(raw_dir: Path, out_dir: Path, report_path: Path, params: PreparePara
         }
         for c in classes
     }
-    meta = {"image_size": size, "labels": classes, "num_train": len(train), "num_val": len(val)}
+    meta = {
+        "image_size": params.image_size,
+        "labels": classes,
+        "num_train": len(train),
+        "num_val": len(val),
+    }
     write_json(out_dir / "meta.json", meta)
     report = {
         "num_classes": len(classes),
