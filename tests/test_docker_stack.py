@@ -180,7 +180,8 @@ def test_the_page_and_the_explorer_are_served_from_the_container(stack):
 def test_model_init_said_what_it_did_and_files_belong_to_the_checkout_owner(stack):
     logs = _compose(stack, "logs", "model-init").stdout
     assert "no servable model in model_repository/" in logs
-    assert "generating the seeded demo dataset" in logs and "≈ 7 min" in logs
+    assert "generating the seeded demo dataset" in logs
+    assert re.search(r"≈ \d+ min on 2 cores", logs)  # how long it takes, said up front
     checkout = stack["checkout"]
     for path in ("data/raw/circle/circle_0000.jpg", "model_repository/resnet50v2/1/model.onnx",
                  "artifacts/model.onnx", "dvc.lock", ".dvc/tmp", "model.dvc"):  # fmt: skip

@@ -33,7 +33,7 @@ from .common import (
 RAW = RAW_DATA
 REPOSITORY = MODEL_REPOSITORY
 # What the default demo takes on the 2-core machines this project is measured on (README).
-DEMO_BUILD_ESTIMATE = "≈ 7 min on 2 cores"
+DEMO_BUILD_ESTIMATE = "≈ 9 min on 2 cores"
 
 
 def say(message: str) -> None:
