@@ -130,7 +130,7 @@ def test_every_module_a_stage_imports_is_in_its_deps(stage):
     }
     # an __init__.py holding only a docstring cannot change what a stage computes
     files = {f for f in files if not f.endswith("__init__.py") or _has_code(REPO / f)}
-    deps = [d for d in spec["deps"]]
+    deps = spec["deps"]
     missing = sorted(f for f in files if not any(f == d or f.startswith(d + "/") for d in deps))
     assert not missing, f"dvc.yaml stage {stage!r} imports but does not depend on: {missing}"
 

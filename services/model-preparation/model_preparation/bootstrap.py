@@ -30,8 +30,6 @@ from .common import (
     run_cli,
 )
 
-RAW = RAW_DATA
-REPOSITORY = MODEL_REPOSITORY
 # What the default demo takes on the 2-core machines this project is measured on (README).
 DEMO_BUILD_ESTIMATE = "≈ 9 min on 2 cores"
 
@@ -40,7 +38,7 @@ def say(message: str) -> None:
     print(f"[model] {message}", flush=True)
 
 
-def missing_models(repository: Path = REPOSITORY) -> list[str]:
+def missing_models(repository: Path = MODEL_REPOSITORY) -> list[str]:
     """Models in the repository that Triton could not load: a config but no ``<n>/model.onnx``.
 
     An empty repository counts as one missing model.
@@ -55,7 +53,7 @@ def missing_models(repository: Path = REPOSITORY) -> list[str]:
     ]
 
 
-def has_images(raw: Path = RAW) -> bool:
+def has_images(raw: Path = RAW_DATA) -> bool:
     return raw.is_dir() and any(p.is_file() for p in raw.rglob("*") if not p.name.startswith("."))
 
 
@@ -85,9 +83,9 @@ def pull(remote: str) -> bool:
 
 def ensure_data() -> None:
     if has_images():
-        say(f"using the images in {RAW}/")
+        say(f"using the images in {RAW_DATA}/")
         return
-    say(f"{RAW}/ is empty: generating the seeded demo dataset (params.yaml 'demo')")
+    say(f"{RAW_DATA}/ is empty: generating the seeded demo dataset (params.yaml 'demo')")
     _run([sys.executable, "-m", "model_preparation.demo_data"])
     _run(["dvc", "add", "-q", "data"])
 
@@ -118,14 +116,14 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} m {int(seconds % 60):02d} s"
 
 
-def ensure_model(repository: Path = REPOSITORY) -> None:
+def ensure_model(repository: Path = MODEL_REPOSITORY) -> None:
     missing = missing_models(repository)
     if not missing:
         say(f"{repository}/ has a complete model: reusing it (no training)")
         return
     say(f"no servable model in {repository}/ (missing: {', '.join(missing)})")
-    if repository.resolve() != REPOSITORY.resolve():
-        raise PipelineError(f"the pipeline publishes into {REPOSITORY}/, not {repository}/")
+    if repository.resolve() != MODEL_REPOSITORY.resolve():
+        raise PipelineError(f"the pipeline publishes into {MODEL_REPOSITORY}/, not {repository}/")
     remote = _dvc_remote()
     if remote and pull(remote):
         say("model pulled from the DVC remote")
@@ -143,7 +141,7 @@ def main() -> None:
     mode.add_argument("--if-missing", action="store_true", help="keep a complete model")
     mode.add_argument("--data-only", action="store_true", help="only make sure data/raw is filled")
     parser.add_argument(
-        "--repository", type=Path, default=REPOSITORY, help="the model repository to check"
+        "--repository", type=Path, default=MODEL_REPOSITORY, help="the model repository to check"
     )
     args = parser.parse_args()
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
