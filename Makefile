@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
-.PHONY: install data model up test test-fast lint format bench chart clean help
+.PHONY: install data model up test test-fast lint format bench bench-pipeline chart clean help
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
 	@echo "make test    install and run the whole test suite (lint included)"
 	@echo "make model   run the DVC pipeline (dvc repro) and version the served model"
 	@echo "make bench   benchmark (slow; see README)"
+	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~10 min)"
 	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
 
 $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pyproject.toml
@@ -82,6 +83,10 @@ $(BENCH_VENV)/.installed: requirements/bench.txt
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || true
 	$(BIN)/python -m imgcls_bench $(BENCH_ARGS)
+
+# Scale: prepare img/s + peak RSS at two dataset sizes, train img/s per train.cache mode.
+bench-pipeline: $(STAMP)
+	$(BIN)/python -m imgcls_bench.pipeline $(BENCH_PIPELINE_ARGS)
 
 clean:
 	rm -rf .cache .pytest_cache .ruff_cache

@@ -155,13 +155,13 @@ def prepare(
     params: PrepareParams,
     workers: int | None = None,
 ) -> dict:
-    """``workers`` processes decode and encode (default: every core)."""
+    """``workers`` processes decode and encode (default: every core this process may use)."""
     classes, files = discover(raw_dir)
     jobs = [(path, label) for label, name in enumerate(classes) for path in files[name]]
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".prepare-spool-") as spool:
         samples, failed = encode_all(
-            jobs, params.image_size, Path(spool), workers or os.cpu_count() or 1
+            jobs, params.image_size, Path(spool), workers or len(os.sched_getaffinity(0))
         )
         skipped = [
             {"path": str(s.path), "class": classes[s.label], "reason": code, "detail": detail}
