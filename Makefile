@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
-.PHONY: install data model up test test-fast lint format bench bench-pipeline chart clean help
+.PHONY: install data model up test test-fast lint format bench bench-pipeline compare search chart clean help
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
@@ -19,6 +19,8 @@ help:
 	@echo "make model   run the DVC pipeline (dvc repro) and version the served model"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~10 min)"
+	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~40 min)"
+	@echo "make search  Optuna hyperparameter search, resumable (params: search; SEARCH_ARGS=--run-best)"
 	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
 
 $(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pyproject.toml
@@ -83,6 +85,15 @@ $(BENCH_VENV)/.installed: requirements/bench.txt
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || true
 	$(BIN)/python -m imgcls_bench $(BENCH_ARGS)
+
+# Experiments (not part of dvc repro): each needs the prepared data, so prepare runs first.
+compare: data
+	$(BIN)/dvc repro prepare
+	$(BIN)/python -m model_preparation.compare $(COMPARE_ARGS)
+
+search: data
+	$(BIN)/dvc repro prepare
+	$(BIN)/python -m model_preparation.search $(SEARCH_ARGS)
 
 # Scale: prepare img/s + peak RSS at two dataset sizes, train img/s per train.cache mode.
 bench-pipeline: $(STAMP)

@@ -25,6 +25,7 @@ TINY_PARAMS = {
     "export": {"parity_samples": 8},
     "quantize": {"calibration_images": 64, "min_agreement": 0.8},
     "publish": {"max_batch_size": 16},
+    "compare": {"optimizers": ["adam", "sgd"], "seeds": [1], "epochs": 2, "steps_per_epoch": 3},
 }
 
 

@@ -32,8 +32,11 @@ STAGE_SETTINGS = {
     "export": "model_preparation.export:ExportParams",
     "evaluate": "model_preparation.evaluate:EvaluateParams",
     "quantize": "model_preparation.quantize:QuantizeParams",
+    "robustness": "model_preparation.robustness:RobustnessParams",
     "publish": "model_preparation.publish:PublishParams",
     "demo": "model_preparation.demo_data:DemoParams",
+    "compare": "model_preparation.compare:CompareParams",
+    "search": "model_preparation.search:SearchParams",
 }
 
 

@@ -210,6 +210,10 @@ def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: di
         "size_ratio": large.images / small.images,
         "speedup_all_cores_vs_one": large.images_per_s / one.images_per_s,
     }
+    goals = {  # the scale goals: flat memory, and the cores actually used
+        "rss_within_1.25x": summary["rss_ratio_large_vs_small"] <= 1.25,
+        "speedup_at_least_1.7x": summary["speedup_all_cores_vs_one"] >= 1.7,
+    }
     lines = [
         f"prepare ({meta['image_size']}² letterbox, {meta['cpus']} cores; photo-sized JPEGs)",
         "",
@@ -223,7 +227,8 @@ def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: di
         "",
         f"peak RSS ×{summary['rss_ratio_large_vs_small']:.2f} for ×"
         f"{summary['size_ratio']:.1f} the images; all cores ×"
-        f"{summary['speedup_all_cores_vs_one']:.2f} faster than one.",
+        f"{summary['speedup_all_cores_vs_one']:.2f} faster than one. Goals: "
+        + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()),
         "",
         f"train ({meta['train_images']} training images, batch {meta['batch_size']}, "
         "last epoch's rate)",
@@ -238,6 +243,7 @@ def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: di
     payload = {
         "meta": meta,
         "summary": summary,
+        "goals": goals,
         "prepare": [asdict(r) for r in prepare],
         "train": [asdict(r) for r in train],
     }

@@ -31,7 +31,7 @@ from .common import (
 )
 
 # What the default demo takes on the 2-core machines this project is measured on (README).
-DEMO_BUILD_ESTIMATE = "≈ 9 min on 2 cores"
+DEMO_BUILD_ESTIMATE = "≈ 10 min on 2 cores"
 
 
 def say(message: str) -> None:
@@ -94,7 +94,7 @@ def build() -> None:
     """The pipeline, then record the served files in model.dvc (see README "versioning")."""
     ensure_data()
     say(
-        f"running the pipeline: prepare → train → export → evaluate → quantize → publish "
+        f"running the pipeline: prepare → train → export → evaluate → quantize → robustness → publish "
         f"({DEMO_BUILD_ESTIMATE} for the demo data; one line per epoch)"
     )
     started = time.monotonic()

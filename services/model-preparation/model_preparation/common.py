@@ -32,9 +32,13 @@ METRICS_REPORT = REPORTS / "metrics.json"
 INT8_MODEL = ARTIFACTS / "model.int8.onnx"
 INT8_REPORT = REPORTS / "int8.json"
 PUBLISH_REPORT = REPORTS / "publish.json"
+ROBUSTNESS_REPORT = REPORTS / "robustness.json"
+ROBUSTNESS_CURVE = REPORTS / "robustness.csv"
+ROBUSTNESS_PLOT = REPORTS / "robustness.png"
 MODEL_REPOSITORY = Path("model_repository")
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+OPTIMIZERS = ("adam", "sgd", "adagrad", "adasmooth")  # train.optimizer
 
 
 class PipelineError(RuntimeError):
@@ -82,6 +86,10 @@ def parse_settings(cls: type[T], raw: Mapping[str, Any], where: str) -> T:
 def _typed(value: Any, kind: Any, where: str) -> Any:
     if dataclasses.is_dataclass(kind):
         return parse_settings(kind, value, where)
+    if kind is dict:  # a free-form mapping; its owner validates the entries
+        if not isinstance(value, Mapping):
+            raise PipelineError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if origin in (list, tuple):
         if not isinstance(value, list):

@@ -26,6 +26,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .common import (
     DVCLIVE,
     INPUT_NAME,
     KERAS_MODEL,
+    OPTIMIZERS,
     OUTPUT_NAME,
     PREPARED,
     PipelineError,
@@ -51,7 +53,6 @@ import tensorflow as tf  # noqa: E402
 from .adasmooth import AdaSmooth  # noqa: E402
 from .tfdata import decode, split_files, stream_records  # noqa: E402
 
-OPTIMIZERS = ("adam", "sgd", "adagrad", "adasmooth")
 CACHES = ("none", "file", "memory")
 SHUFFLE_BUFFER = 2048  # images; bounds the shuffle's memory whatever the dataset size
 
@@ -301,16 +302,20 @@ class Run:
     cache_dir: Path
     strategy: tf.distribute.Strategy
     live_dir: Path | None  # None on workers other than the chief: they write nothing
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None  # e.g. a search's pruner
 
 
 def train(
     prepared: Path,
-    out: Path,
+    out: Path | None,
     params: TrainParams,
-    live_dir: Path,
+    live_dir: Path | None,
     strategy: tf.distribute.Strategy | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train; the chief saves the best model (float32, lowest val_loss) to ``out``.
+    """Train; the chief saves the best model (float32, lowest val_loss) to ``out`` and the
+    DVCLive logs to ``live_dir`` (either None: not written). ``on_epoch(epoch, logs)`` runs
+    after every epoch and may raise to stop the run (a pruned search trial does).
 
     Returns the per-epoch history (the same on every worker)."""
     meta = read_json(prepared / "meta.json")
@@ -333,6 +338,7 @@ def train(
         cache_dir,
         strategy,
         live_dir if chief else None,
+        on_epoch,
     )
     keras.utils.set_random_seed(params.seed)
     if params.mixed_precision:
@@ -345,7 +351,7 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy("float32")
         shutil.rmtree(cache_dir, ignore_errors=True)
-    if chief:
+    if chief and out is not None:
         final = build_model(size, len(labels), params.bn_momentum)  # plain float32, no strategy
         final.set_weights(best)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -386,6 +392,8 @@ def fit(model: keras.Model, optimizer, run: Run) -> tuple[list[dict[str, float]]
             if live is not None:
                 log_epoch(live, logs)
             epoch_line(epoch, params.epochs, logs, started, rate)
+            if run.on_epoch is not None:
+                run.on_epoch(epoch, logs)
             if stopper.update(val_loss, model):
                 break
     finally:

@@ -1,0 +1,340 @@
+"""``make search``: hyperparameter search with Optuna, pruning bad trials as they train.
+
+    python -m model_preparation.search [--trials N] [--run-best] [--out reports/search]
+
+The space, the sampler (TPE, random, CMA-ES, grid), the pruner (median, Hyperband, none) and the
+per-trial budget are params.yaml ``search``; the other training settings are ``train``'s. Each
+trial trains in this process with the train stage's own loop and reports its validation loss
+after every epoch, so the pruner can stop it early. The study lives in SQLite
+(``artifacts/search/optuna.db``): run the command again and it resumes where it stopped (a trial
+cut off by Ctrl-C or a crash is marked failed and the rest go on). It ends with a report
+(``report.md``: best trial, top trials, pruned count; ``history.png``, ``importance.png``;
+``trials.csv``) and the best parameters as ``best_params.yaml`` and as the ``dvc exp run -S …``
+line that trains them in the pipeline; ``--run-best`` runs that line (experiment
+``search-best``), so the winner shows in ``dvc exp show``.
+
+Trials are not DVC experiments: pruning needs the trial's epochs inside Optuna's loop, and a
+``dvc exp run`` per trial would report only once, at the end (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .common import (
+    ARTIFACTS,
+    PREPARED,
+    PipelineError,
+    load_params,
+    load_settings,
+    parse_settings,
+    run_cli,
+)
+
+SEARCH_DIR = ARTIFACTS / "search"
+SAMPLERS = ("tpe", "random", "cmaes", "grid")
+PRUNERS = ("median", "hyperband", "none")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """params.yaml ``search``."""
+
+    sampler: str
+    pruner: str
+    trials: int
+    seed: int
+    study: str  # the study's name in the SQLite file: the same name resumes it
+    epochs: int  # per-trial budget (a pruned trial stops earlier)
+    steps_per_epoch: int
+    grid_points: int  # values per numeric range for the grid sampler
+    space: dict  # train key (``augment.rotation`` for nested) → {low, high[, log]} or {choices}
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise PipelineError(f"search.sampler {self.sampler!r}: one of {', '.join(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise PipelineError(f"search.pruner {self.pruner!r}: one of {', '.join(PRUNERS)}")
+        if not self.space:
+            raise PipelineError("search.space: name at least one train setting to search")
+        for name, spec in self.space.items():
+            check_dimension(name, spec)
+
+
+def check_dimension(name: str, spec: Any) -> None:
+    where = f"search.space.{name}"
+    if not isinstance(spec, dict):
+        raise PipelineError(f"{where}: expected {{low, high[, log]}} or {{choices: [...]}}")
+    if set(spec) == {"choices"}:
+        if not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise PipelineError(f"{where}.choices: a non-empty list")
+        return
+    if not {"low", "high"} <= set(spec) <= {"low", "high", "log"}:
+        raise PipelineError(f"{where}: keys low, high (and log), or choices alone; got {spec}")
+    if not spec["low"] < spec["high"]:
+        raise PipelineError(f"{where}: low must be below high")
+
+
+def apply_overrides(train: dict, values: dict[str, Any], budget: SearchParams) -> dict:
+    """The train section with the trial's values (dotted keys reach into ``augment``) and the
+    search's per-trial budget."""
+    out = {**train, "augment": dict(train["augment"])}
+    for key, value in values.items():
+        section, _, leaf = key.rpartition(".")
+        target = out[section] if section else out
+        if leaf not in target:
+            raise PipelineError(f"search.space.{key}: not a train setting")
+        target[leaf] = value
+    out.update(epochs=budget.epochs, steps_per_epoch=budget.steps_per_epoch, patience=budget.epochs)
+    return out
+
+
+def suggest(trial, name: str, spec: dict) -> Any:
+    if "choices" in spec:
+        return trial.suggest_categorical(name, spec["choices"])
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    if isinstance(low, int) and isinstance(high, int) and not log:
+        return trial.suggest_int(name, low, high)
+    return trial.suggest_float(name, float(low), float(high), log=log)
+
+
+def grid(space: dict, points: int) -> dict[str, list]:
+    """Every dimension as a finite list: choices as given, ranges at ``points`` values
+    (geometric when ``log``)."""
+    out = {}
+    for name, spec in space.items():
+        if "choices" in spec:
+            out[name] = list(spec["choices"])
+            continue
+        low, high = float(spec["low"]), float(spec["high"])
+        steps = [i / max(points - 1, 1) for i in range(points)]
+        if spec.get("log"):
+            values = [math.exp(math.log(low) + t * (math.log(high) - math.log(low))) for t in steps]
+        else:
+            values = [low + t * (high - low) for t in steps]
+        if isinstance(spec["low"], int) and isinstance(spec["high"], int) and not spec.get("log"):
+            out[name] = sorted({round(v) for v in values})
+        else:
+            out[name] = [float(f"{v:.6g}") for v in values]
+    return out
+
+
+def make_sampler(params: SearchParams):
+    import optuna
+
+    if params.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=params.seed)
+    if params.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=params.seed)
+    if params.sampler == "cmaes":  # categorical dimensions fall back to independent sampling
+        return optuna.samplers.CmaEsSampler(seed=params.seed, warn_independent_sampling=False)
+    return optuna.samplers.GridSampler(grid(params.space, params.grid_points), seed=params.seed)
+
+
+def make_pruner(params: SearchParams):
+    import optuna
+
+    if params.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if params.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=params.epochs, reduction_factor=3
+        )
+    return optuna.pruners.NopPruner()
+
+
+def open_study(params: SearchParams, storage_dir: Path):
+    """Create or resume the study; trials left RUNNING by an interrupted run become FAIL."""
+    import optuna
+
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_dir / 'optuna.db'}")
+    study = optuna.create_study(
+        study_name=params.study,
+        storage=storage,
+        load_if_exists=True,
+        direction="minimize",
+        sampler=make_sampler(params),
+        pruner=make_pruner(params),
+    )
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        print(f"[search] trial {trial.number} was interrupted: marked failed", flush=True)
+    return study
+
+
+def objective_for(params: SearchParams, train_section: dict):
+    """One trial: train with the sampled values, report val_loss per epoch, prune if told."""
+    import keras
+    import optuna
+
+    from .train import TrainParams, train
+
+    def objective(trial) -> float:
+        keras.backend.clear_session()  # one process, many trials: drop the last one's graphs
+        values = {name: suggest(trial, name, spec) for name, spec in params.space.items()}
+        settings = parse_settings(
+            TrainParams, apply_overrides(train_section, values, params), "search trial"
+        )
+        print(f"[search] trial {trial.number}: {values}", flush=True)
+
+        def report(epoch: int, logs: dict[str, float]) -> None:
+            trial.report(logs["val_loss"], epoch)
+            trial.set_user_attr("val_accuracy", logs["val_accuracy"])
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+
+        history = train(PREPARED, None, settings, None, on_epoch=report)
+        best = min(history, key=lambda h: h["val_loss"])
+        trial.set_user_attr("val_accuracy", best["val_accuracy"])
+        return best["val_loss"]
+
+    return objective
+
+
+def dvc_command(best: dict[str, Any], name: str = "search-best") -> list[str]:
+    cmd = ["dvc", "exp", "run", "-n", name]
+    for key, value in best.items():
+        cmd += ["-S", f"train.{key}={value}"]
+    return cmd
+
+
+def write_report(study, params: SearchParams, out: Path) -> str:
+    import optuna
+
+    out.mkdir(parents=True, exist_ok=True)
+    states = optuna.trial.TrialState
+    done = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
+    pruned = study.get_trials(deepcopy=False, states=(states.PRUNED,))
+    failed = study.get_trials(deepcopy=False, states=(states.FAIL,))
+    write_trials_csv(study, params, out / "trials.csv")
+    if not done:
+        raise PipelineError("no trial completed: nothing to report (see the trial output above)")
+    best = study.best_trial
+    (out / "best_params.yaml").write_text(
+        yaml.safe_dump({"train": best.params}, sort_keys=False), encoding="utf-8"
+    )
+    command = " ".join(dvc_command(best.params))
+    plots = write_plots(study, out)
+    top = sorted(done, key=lambda t: t.value)[:5]
+    keys = list(params.space)
+    lines = [
+        f"# Hyperparameter search `{params.study}`",
+        "",
+        f"Sampler **{params.sampler}**, pruner **{params.pruner}**, budget {params.epochs} epochs "
+        f"× {params.steps_per_epoch} steps per trial. Trials: {len(done)} complete, "
+        f"{len(pruned)} pruned, {len(failed)} failed. Objective: the lowest validation loss.",
+        "",
+        f"**Best: trial {best.number}**, val_loss {best.value:.4f}, val_accuracy "
+        f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "| trial | val_loss | val_accuracy | " + " | ".join(keys) + " |",
+        "| ---: | ---: | ---: | " + " | ".join("---" for _ in keys) + " |",
+        *(
+            f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('val_accuracy', float('nan')):.4f} | "
+            + " | ".join(_fmt(t.params.get(k)) for k in keys)
+            + " |"
+            for t in top
+        ),
+        "",
+        *(f"![{name}]({name}.png)" for name in plots),
+        "",
+    ]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text, encoding="utf-8")
+    return text
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_trials_csv(study, params: SearchParams, path: Path) -> None:
+    keys = list(params.space)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["trial", "state", "val_loss", "epochs_run", *keys])
+        for t in study.get_trials(deepcopy=False):
+            value = "" if t.value is None else f"{t.value:.6f}"
+            row = [t.number, t.state.name, value, len(t.intermediate_values)]
+            writer.writerow(row + [t.params.get(k, "") for k in keys])
+
+
+def write_plots(study, out: Path) -> list[str]:
+    """Optimisation history and parameter importance, as far as the study allows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    def importance(s):  # PED-ANOVA: fANOVA, optuna's default, needs scikit-learn
+        return ovm.plot_param_importances(s, evaluator=PedAnovaImportanceEvaluator())
+
+    written = []
+    for name, draw in (("history", ovm.plot_optimization_history), ("importance", importance)):
+        try:
+            ax = draw(study)
+        except (ValueError, RuntimeError, ImportError) as exc:  # e.g. one trial only
+            print(f"[search] no {name} plot: {exc}", flush=True)
+            continue
+        fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+        fig.set_size_inches(7, 4)
+        fig.tight_layout()
+        fig.savefig(out / f"{name}.png", dpi=90)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, help="total trials (default: search.trials)")
+    parser.add_argument(
+        "--run-best", action="store_true", help="then run the best as an experiment"
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/search"))
+    args = parser.parse_args()
+    params = load_settings(SearchParams, "search")
+    if args.trials is not None:
+        params = dataclasses.replace(params, trials=args.trials)
+    if not (PREPARED / "meta.json").exists():
+        raise PipelineError(f"no prepared data in {PREPARED}: run `dvc repro prepare` first")
+    train_section = load_params("train")
+    apply_overrides(train_section, dict.fromkeys(params.space), params)  # names checked up front
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(params, SEARCH_DIR)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    remaining = max(0, params.trials - len(finished))
+    print(f"[search] study {params.study!r}: {len(finished)} trials done, {remaining} to go")
+    if remaining:
+        study.optimize(objective_for(params, train_section), n_trials=remaining)
+    print(write_report(study, params, args.out))
+    if args.run_best:
+        cmd = dvc_command(study.best_trial.params)
+        print(f"[search] {' '.join(cmd)}", flush=True)
+        subprocess.run(["dvc", "exp", "remove", "search-best"], capture_output=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise PipelineError("the best parameters' experiment failed")
+    print(f"[search] report: {args.out}/report.md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_cli(main)
