@@ -68,7 +68,8 @@ def test_the_report_says_whether_a_gap_is_larger_than_the_seed_noise():
     )
 
 
-SEARCH = {  # lr 10 diverges: with this seed trials 0 and 1 are sane, trial 2 is pruned
+SEARCH = {  # lr 10 diverges. Seed 6 draws 0.001 twice (trials 0, 1); the resumed run's sampler
+    # is seeded 6 + 2 and draws 10.0 first: trial 2 is pruned
     "sampler": "random",
     "pruner": "median",
     "trials": 3,

@@ -129,15 +129,18 @@ def grid(space: dict, points: int) -> dict[str, list]:
     return out
 
 
-def make_sampler(params: SearchParams):
+def make_sampler(params: SearchParams, done: int = 0):
+    """The configured sampler, seeded with ``seed + trials already in the study``: a resumed
+    search draws new values instead of replaying the first run's."""
     import optuna
 
+    seed = params.seed + done
     if params.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=params.seed)
+        return optuna.samplers.TPESampler(seed=seed)
     if params.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=params.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if params.sampler == "cmaes":  # categorical dimensions fall back to independent sampling
-        return optuna.samplers.CmaEsSampler(seed=params.seed, warn_independent_sampling=False)
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     return optuna.samplers.GridSampler(grid(params.space, params.grid_points), seed=params.seed)
 
 
@@ -159,12 +162,15 @@ def open_study(params: SearchParams, storage_dir: Path):
 
     storage_dir.mkdir(parents=True, exist_ok=True)
     storage = optuna.storages.RDBStorage(f"sqlite:///{storage_dir / 'optuna.db'}")
+    done = 0
+    if params.study in optuna.get_all_study_names(storage):
+        done = len(optuna.load_study(study_name=params.study, storage=storage).trials)
     study = optuna.create_study(
         study_name=params.study,
         storage=storage,
         load_if_exists=True,
         direction="minimize",
-        sampler=make_sampler(params),
+        sampler=make_sampler(params, done),
         pruner=make_pruner(params),
     )
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):

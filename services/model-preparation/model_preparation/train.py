@@ -201,7 +201,9 @@ def training_data(
         return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), labels
 
     batch = context.get_per_replica_batch_size(params.batch_size)
-    return ds.batch(batch).map(apply, num_parallel_calls=tf.data.AUTOTUNE).prefetch(2)
+    # Sequential on purpose: the augmentation layers draw from one seeded stream, and parallel
+    # calls would take turns at it in a varying order (a cheap step next to a training step).
+    return ds.batch(batch).map(apply).prefetch(2)
 
 
 def validation_data(
