@@ -31,7 +31,7 @@ from .common import (
 )
 
 # What the default demo takes on the 2-core machines this project is measured on (README).
-DEMO_BUILD_ESTIMATE = "≈ 10 min on 2 cores"
+DEMO_BUILD_ESTIMATE = "≈ 9 min on 2 cores"
 
 
 def say(message: str) -> None:
