@@ -21,6 +21,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -81,6 +82,14 @@ class RunResult:
     seconds_per_epoch: float
 
 
+def dvc(*args: str) -> tuple[list[str], dict[str, str]]:
+    """A ``dvc`` command run by this interpreter, with its environment first on PATH: the
+    stages' ``python -m …`` must find the same environment even when it is not activated."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return [sys.executable, "-m", "dvc", *args], env
+
+
 def experiment_name(optimizer: str, seed: int) -> str:
     return f"opt-{optimizer}-s{seed}"
 
@@ -88,7 +97,8 @@ def experiment_name(optimizer: str, seed: int) -> str:
 def run_experiment(optimizer: str, seed: int, params: CompareParams) -> list[float]:
     """``dvc exp run --temp`` for one optimizer and seed; the epochs' end times (s) it printed."""
     name = experiment_name(optimizer, seed)
-    subprocess.run(["dvc", "exp", "remove", name], capture_output=True)  # a rerun replaces it
+    remove, env = dvc("exp", "remove", name)
+    subprocess.run(remove, env=env, capture_output=True)  # a rerun replaces it
     sets = {
         "train.optimizer": optimizer,
         "train.learning_rate": getattr(params.learning_rates, optimizer),
@@ -97,12 +107,13 @@ def run_experiment(optimizer: str, seed: int, params: CompareParams) -> list[flo
         "train.steps_per_epoch": params.steps_per_epoch,
         "train.patience": params.epochs,  # whole curves: no early stop inside a comparison
     }
-    cmd = ["dvc", "exp", "run", "--temp", "-n", name]
+    args = ["exp", "run", "--temp", "-n", name]
     for key, value in sets.items():
-        cmd += ["-S", f"{key}={value}"]
-    print(f"[compare] {name}: {' '.join(cmd)}", flush=True)
+        args += ["-S", f"{key}={value}"]
+    print(f"[compare] {name}: dvc {' '.join(args)} train", flush=True)
+    cmd, env = dvc(*args, "train")
     proc = subprocess.Popen(
-        [*cmd, "train"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     ends = []
     assert proc.stdout is not None

@@ -40,6 +40,7 @@ from .common import (
     parse_settings,
     run_cli,
 )
+from .compare import dvc
 
 SEARCH_DIR = ARTIFACTS / "search"
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -336,8 +337,10 @@ def main() -> None:
     if args.run_best:
         cmd = dvc_command(study.best_trial.params)
         print(f"[search] {' '.join(cmd)}", flush=True)
-        subprocess.run(["dvc", "exp", "remove", "search-best"], capture_output=True)
-        if subprocess.run(cmd).returncode != 0:
+        remove, env = dvc("exp", "remove", "search-best")
+        subprocess.run(remove, env=env, capture_output=True)
+        run_cmd, env = dvc("exp", "run", "--temp", *cmd[3:])  # the workspace stays as it is
+        if subprocess.run(run_cmd, env=env).returncode != 0:
             raise PipelineError("the best parameters' experiment failed")
     print(f"[search] report: {args.out}/report.md", file=sys.stderr)
 
