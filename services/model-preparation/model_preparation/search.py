@@ -286,8 +286,13 @@ def write_plots(study, out: Path) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
+    import warnings
+
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.simplefilter("ignore", ExperimentalWarning)  # optuna's matplotlib plots: stable here
     from optuna.importance import PedAnovaImportanceEvaluator
 
     def importance(s):  # PED-ANOVA: fANOVA, optuna's default, needs scikit-learn
