@@ -18,8 +18,8 @@ help:
 	@echo "make test    install and run the whole test suite (lint included)"
 	@echo "make model   run the DVC pipeline (dvc repro) and version the served model"
 	@echo "make bench   benchmark (slow; see README)"
-	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~10 min)"
-	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~40 min)"
+	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
+	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
 	@echo "make search  Optuna hyperparameter search, resumable (params: search; SEARCH_ARGS=--run-best)"
 	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
 
