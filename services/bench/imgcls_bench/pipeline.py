@@ -49,39 +49,45 @@ def _render_chunk(job: tuple[Path, str, int, int, int]) -> int:
     return stop - start
 
 
-def photo_dataset(per_class: int, seed: int = 11) -> Path:
-    """``per_class`` JPEGs per class, generated once on every core and reused."""
-    out = CACHE / f"photos-{per_class}-{seed}"
+def _built_once(out: Path, fill) -> Path:
+    """``out`` with one folder per class, filled by ``fill(out)`` unless a complete copy exists
+    (an interrupted build is started again, not reused)."""
     if (out / ".complete").exists():
         return out
     shutil.rmtree(out, ignore_errors=True)
     for shape in CLASSES:
         (out / shape).mkdir(parents=True)
-    step = 100
-    jobs = [
-        (out, shape, seed, start, min(start + step, per_class))
-        for shape in CLASSES
-        for start in range(0, per_class, step)
-    ]
-    _log(f"generating {per_class * len(CLASSES)} photo-sized JPEGs in {out}")
-    with ProcessPoolExecutor() as pool:
-        sum(pool.map(_render_chunk, jobs))
+    fill(out)
     (out / ".complete").touch()
     return out
+
+
+def photo_dataset(per_class: int, seed: int = 11) -> Path:
+    """``per_class`` JPEGs per class, generated once on every core and reused."""
+
+    def fill(out: Path) -> None:
+        step = 100
+        jobs = [
+            (out, shape, seed, start, min(start + step, per_class))
+            for shape in CLASSES
+            for start in range(0, per_class, step)
+        ]
+        _log(f"generating {per_class * len(CLASSES)} photo-sized JPEGs in {out}")
+        with ProcessPoolExecutor() as pool:
+            list(pool.map(_render_chunk, jobs))
+
+    return _built_once(CACHE / f"photos-{per_class}-{seed}", fill)
 
 
 def subset(source: Path, per_class: int) -> Path:
     """The first ``per_class`` images of each class of ``source``, as hard links."""
-    out = CACHE / f"{source.name}-first-{per_class}"
-    if (out / ".complete").exists():
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    for shape in CLASSES:
-        (out / shape).mkdir(parents=True)
-        for path in sorted((source / shape).glob("*.jpg"))[:per_class]:
-            os.link(path, out / shape / path.name)
-    (out / ".complete").touch()
-    return out
+
+    def fill(out: Path) -> None:
+        for shape in CLASSES:
+            for path in sorted((source / shape).glob("*.jpg"))[:per_class]:
+                os.link(path, out / shape / path.name)
+
+    return _built_once(CACHE / f"{source.name}-first-{per_class}", fill)
 
 
 @dataclass
