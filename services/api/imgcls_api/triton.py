@@ -7,6 +7,7 @@
   version, or the cached copy is older than ``model_info_ttl_s``.
 - Tensors travel with the binary data extension, not as JSON numbers.
 - Connection failures become 503 (with Retry-After), time-outs 504: never a hang, never a 500.
+- Concurrent requests of one worker share Triton calls (``batching.Batcher``, ``BATCH_SLOTS``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from .batching import Batcher
 from .errors import ApiError
 from .observability import TRITON_LATENCY
 from .settings import Settings
@@ -64,6 +66,8 @@ class TritonGateway:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._info: dict[str, ModelInfo] = {}
+        slots = settings.batch_slots
+        self._batcher = Batcher(self._send, self._batch_limit, slots) if slots > 0 else None
 
     def _version(self, model: str) -> str:
         return self.settings.model_version if model == self.settings.model_name else ""
@@ -186,6 +190,19 @@ class TritonGateway:
 
     def infer(self, images: np.ndarray, model: str) -> tuple[np.ndarray, ModelInfo]:
         """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size."""
+        if self._batcher is None:
+            return self._send((model,), images)
+        return self._batcher.submit((model, *images.shape[1:]), images)
+
+    def _batch_limit(self, key: tuple) -> int:
+        """Images per call: the model's ``max_batch_size`` (no network call: the batcher's lock
+        is held, and ``infer`` callers have read the model's information already)."""
+        info = self._info.get(key[0])
+        return info.max_batch_size if info else 1
+
+    def _send(self, key: tuple, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+        """One or more Triton calls (``max_batch_size`` images each) for the model ``key[0]``."""
+        model = key[0]
         info = self.model_info(model)
         parts = []
         for start in range(0, len(images), info.max_batch_size):
