@@ -76,11 +76,11 @@ BENCH_VENV := .cache/bench-venv
 BENCH_ARGS ?=
 
 $(BENCH_VENV)/.installed: requirements/bench.txt
-	@echo "[bench] creating $(BENCH_VENV) for the Ray Serve peer (optional; ~1 GB)"
+	@echo "[bench] creating $(BENCH_VENV) for the BentoML and Ray Serve peers (optional; ~0.7 GB)"
 	@$(PYTHON) -m venv $(BENCH_VENV)
 	@$(BENCH_VENV)/bin/python -m pip install -q -r requirements/bench.txt 2>&1 | grep -v "is ignored" || true
-	@$(BENCH_VENV)/bin/python -c "import ray, onnxruntime" && touch $@ || \
-		echo "[bench] Ray Serve could not be installed: its row will be skipped"
+	@$(BENCH_VENV)/bin/python -c "import bentoml, ray, onnxruntime" && touch $@ || \
+		echo "[bench] BentoML / Ray Serve could not be installed: the peer rows will be skipped"
 
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || true

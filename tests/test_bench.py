@@ -13,15 +13,45 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 def test_bench_quick_run_writes_table_json_and_chart(tmp_path):
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "imgcls_bench", "--quick", "--size", "32", "--seconds", "0.5",
-           "--skip-ray", "--out", str(out), "--work", str(tmp_path / "work")]  # fmt: skip
+    cmd = [sys.executable, "-m", "imgcls_bench", "--quick", "--sizes", "32", "--seconds", "0.5",
+           "--skip-peers", "--out", str(out), "--work", str(tmp_path / "work")]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
-    names = {r["name"] for r in result["rows"]}
+    assert result["headline_size"] == 32 and [r["size"] for r in result["runs"]] == [32]
+    (bench,) = result["runs"]
+    names = {r["name"] for r in bench["rows"]}
     assert {"triton direct (batching on)", "triton direct (batching off)", "API end to end (multipart JPEG)",
-            "API end to end INT8", "peer: Flask threaded=False + JSON tensors"} <= names  # fmt: skip
-    assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in result["rows"])
-    assert result["limit_img_per_s"] > 0 and result["cold_start"]["stack_ready_s"] > 0
+            "API end to end INT8", "API, its batching off (BATCH_SLOTS=0)",
+            "peer: Flask threaded=False + JSON tensors"} <= names  # fmt: skip
+    assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in bench["rows"])
+    assert bench["limit_img_per_s"] > 0 and bench["cold_start"]["stack_ready_s"] > 0
+    # The overhead column is the formula on numbers of this run, for every served row.
+    decode, infer = bench["decode_ms"], bench["inference_ms"]
+    assert decode > 0 and infer["fp32"] > 0 and infer["int8"] > 0
+    for r in bench["rows"]:
+        if r["name"].startswith("limit"):
+            assert "overhead_ms" not in r
+            continue
+        spent = r["cpu_s_per_image"] * 1000
+        decodes = not r["name"].startswith("triton direct")
+        expected = (
+            spent - (decode if decodes else 0) - infer["int8" if "INT8" in r["name"] else "fp32"]
+        )
+        assert r["overhead_ms"] == pytest.approx(expected, abs=0.011), r
+        assert r["triton_batch"] >= 1.0, r  # every row here is served by Triton
+    assert bench["targets"]["api_over_baseline"] > 0
     assert (out / "bench.png").stat().st_size > 1000
-    assert "| path |" in (out / "bench.md").read_text()
+    table = (out / "bench.md").read_text()
+    assert "| path |" in table and "overhead ms/img" in table and "## ResNet50V2 32²" in table
+
+
+def test_bench_headline_is_the_served_size_and_bad_sizes_are_refused(tmp_path):
+    from imgcls_bench.__main__ import served_size
+
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  image_size: 96\n")
+    assert served_size(params) == 96
+    cmd = [sys.executable, "-m", "imgcls_bench", "--sizes", "64,big"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--sizes takes integers" in run.stderr

@@ -37,7 +37,7 @@ def _images(size: int, n: int, seed: int = 0) -> np.ndarray:
 def build_models(out: Path, size: int) -> None:
     """ResNet50V2 at ``size`` (seeded random weights: speed does not depend on training) →
     FP32 ONNX, static QDQ INT8 ONNX; Triton models: as served (params.yaml ``publish``), with
-    batching off, as one instance using every core, and INT8."""
+    batching off, as one instance using every core, as two single-thread instances, and INT8."""
     import keras
     import onnx
 
@@ -70,6 +70,7 @@ def build_models(out: Path, size: int) -> None:
         "resnet50v2": (fp32, {}),
         "resnet50v2_nobatch": (fp32, {"dynamic_batching": False}),
         "resnet50v2_1x2": (fp32, {"instance_count": 1, "ort_intra_op_threads": 0}),
+        "resnet50v2_2x1": (fp32, {"instance_count": 2, "ort_intra_op_threads": 1}),
         "resnet50v2_int8": (int8, {}),
     }
     for name, (path, extra) in models.items():

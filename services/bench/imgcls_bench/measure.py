@@ -59,6 +59,7 @@ class Row:
     client_cpu_s: float | None = None
     errors: int = 0
     note: str = ""
+    counters: dict[str, float] = field(default_factory=dict)  # deltas over the measured window
 
     @property
     def img_per_s(self) -> float:
@@ -92,10 +93,13 @@ def closed_loop(
     warmup: float = 1.0,
     server_pids: list[int] | None = None,
     note: str = "",
+    counters: Callable[[], dict[str, float]] | None = None,
 ) -> Row:
     """``concurrency`` threads each call ``worker(i) -> images`` back to back for ``seconds``.
 
     Each thread builds its own worker (its own client: tritonclient is not thread-safe).
+    ``counters()`` (e.g. Triton's metrics) is read when the measured window opens and closes;
+    the row keeps the differences.
     """
     latencies: list[float] = []
     counts = [0] * concurrency
@@ -129,6 +133,7 @@ def closed_loop(
     stop_at[0] = time.monotonic() + warmup + seconds
     start_evt.set()
     time.sleep(warmup)
+    before = counters() if counters else {}
     cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
     client0 = time.process_time()
     t0 = time.monotonic()
@@ -136,6 +141,7 @@ def closed_loop(
     for t in threads:
         t.join()
     elapsed = time.monotonic() - t0
+    after = counters() if counters else {}
     return Row(
         name=name,
         concurrency=concurrency,
@@ -146,4 +152,5 @@ def closed_loop(
         client_cpu_s=time.process_time() - client0,
         errors=sum(errors),
         note=note,
+        counters={k: after[k] - before.get(k, 0.0) for k in after},
     )

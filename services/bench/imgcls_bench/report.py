@@ -1,0 +1,143 @@
+"""What ``make bench`` prints: per-row serving overhead, the performance targets, table, chart.
+
+Serving overhead (CPU ms per image) = server CPU per image − JPEG decode (paths that decode) −
+in-process inference, where decode is ``load_image`` on the bench's 640×480 JPEG and inference
+is the cheapest CPU per image ONNX Runtime reached in-process on the same model in the same run
+(its best batch and thread layout). What is left is what serving adds: HTTP, multipart, the
+Triton hop, the backend's own work, and running smaller batches than the best.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .measure import Row
+from .serving import Scenario
+
+API_ROW = "API end to end (multipart JPEG)"
+PEER_PREFIXES = ("peer: BentoML", "peer: Ray Serve")
+
+
+def inference_ms(limit_rows: list[Row]) -> dict[str, float]:
+    """Cheapest in-process CPU ms per image, FP32 and INT8."""
+    best: dict[str, float] = {}
+    for row in limit_rows:
+        precision = "int8" if row.name.startswith("limit INT8") else "fp32"
+        ms = row.server_cpu_s / row.images * 1000
+        best[precision] = min(best.get(precision, ms), ms)
+    return best
+
+
+def serving_summary(s: Scenario, row: Row, decode_ms: float, infer: dict[str, float],
+                    limit: float) -> dict:  # fmt: skip
+    """The row's summary plus its overhead and the batch Triton ran (where Triton serves it)."""
+    out = row.summary(limit)
+    if out["cpu_s_per_image"] is not None and s.precision in infer:
+        spent = out["cpu_s_per_image"] * 1000
+        out["overhead_ms"] = round(spent - (decode_ms if s.decodes else 0) - infer[s.precision], 2)
+    counts = row.counters
+    if counts.get("nv_inference_exec_count"):
+        out["triton_batch"] = round(
+            counts["nv_inference_count"] / counts["nv_inference_exec_count"], 1
+        )
+    return out
+
+
+def _pick(rows: list[dict], prefix: str, concurrency: int | None = None) -> dict | None:
+    found = [r for r in rows if r["name"].startswith(prefix)
+             and (concurrency is None or r["concurrency"] == concurrency)]  # fmt: skip
+    return max(found, key=lambda r: r["img_per_s"]) if found else None
+
+
+def targets(run: dict) -> dict:
+    """The performance issue's numbers, measured in this run at this size."""
+    rows, out = run["rows"], {}
+    for c in (8, 16):
+        api, int8 = _pick(rows, API_ROW, c), _pick(rows, "API end to end INT8", c)
+        peers = [p for p in (_pick(rows, pre, c) for pre in PEER_PREFIXES) if p]
+        if api:
+            out[f"overhead_ms_c{c}"] = api.get("overhead_ms")
+            # what the machine does if it only decoded and inferred (the issue's 0.8 × goal)
+            ideal = run["cpu_count"] * 1000 / (run["decode_ms"] + run["inference_ms"]["fp32"])
+            out[f"api_over_decode_plus_inference_c{c}"] = round(api["img_per_s"] / ideal, 2)
+        if int8:
+            out[f"overhead_ms_int8_c{c}"] = int8.get("overhead_ms")
+            ideal = run["cpu_count"] * 1000 / (run["decode_ms"] + run["inference_ms"]["int8"])
+            out[f"int8_api_over_decode_plus_inference_c{c}"] = round(int8["img_per_s"] / ideal, 2)
+        if api and peers:
+            best = max(peers, key=lambda r: r["img_per_s"])
+            out[f"api_over_best_peer_c{c}"] = round(api["img_per_s"] / best["img_per_s"], 2)
+            out[f"best_peer_c{c}"] = best["name"]
+    base, api = _pick(rows, "peer: Flask"), _pick(rows, API_ROW)
+    if base and api:
+        out["api_over_baseline"] = round(api["img_per_s"] / base["img_per_s"], 2)
+    return out
+
+
+def render(result: dict) -> str:
+    return "\n".join(_render_run(run, result) for run in result["runs"])
+
+
+def _render_run(run: dict, result: dict) -> str:
+    infer = run["inference_ms"]
+    lines = [
+        f"## ResNet50V2 {run['size']}²" + (" (the served model's size)" if run["size"] == result["headline_size"] else ""),
+        "",
+        f"Limit (best in-process ONNX Runtime FP32): {run['limit_img_per_s']} img/s on {result['cpu_count']} cores; "
+        f"{result['seconds_per_cell']} s per cell. Overhead = server CPU/img − decode ({run['decode_ms']} ms, 640×480 JPEG) "
+        f"− in-process inference (FP32 {infer.get('fp32')} ms, INT8 {infer.get('int8')} ms: best batch and layout).",
+        "",
+        "| path | conc. | img/s | p50 ms | p99 ms | server CPU ms/img | overhead ms/img | Triton batch | × limit | errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    for r in run["rows"]:
+        cpu = r["cpu_s_per_image"]
+        lines.append(
+            f"| {r['name']} | {r['concurrency']} | {r['img_per_s']} | {r['p50_ms']} | {r['p99_ms']} | "
+            f"{round(cpu * 1000, 2) if cpu is not None else '–'} | {r.get('overhead_ms', '–')} | "
+            f"{r.get('triton_batch', '–')} | {r['ratio_to_limit']} | {r['errors']} |"
+        )
+    lines += ["", "| image | preprocess ms (draft) | full decode ms |", "| --- | ---: | ---: |"]
+    lines += [
+        f"| {p['image']} | {p['ms_draft']} | {p['ms_full_decode']} |" for p in run["preprocessing"]
+    ]
+    if "onnxruntime_vs_keras" in run:
+        k = run["onnxruntime_vs_keras"]
+        lines += ["", f"ONNX Runtime vs Keras tf.function: bs1 {k['onnxruntime_bs1']} vs {k['keras_tf_function_bs1']} img/s "
+                      f"(×{k['ratio_bs1']}); bs8 {k['onnxruntime_bs8']} vs {k['keras_tf_function_bs8']} img/s (×{k['ratio_bs8']})."]  # fmt: skip
+    if "cold_start" in run:
+        lines += ["", f"Cold start (launch → Triton + API ready): {run['cold_start']}"]
+    lines += ["", "Targets measured in this run: " + json.dumps(run["targets"]), ""]
+    return "\n".join(lines) + "\n"
+
+
+def chart(run: dict, cpu_count: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = run["rows"]
+    labels = [f"{r['name']} c{r['concurrency']}".replace("limit: onnxruntime in-process", "limit")
+              for r in rows]  # fmt: skip
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 0.35 * len(rows) + 2), sharey=True)
+    y = np.arange(len(rows))
+    ax1.barh(y, [r["img_per_s"] for r in rows], color="tab:blue")
+    ax1.axvline(run["limit_img_per_s"], color="red", linestyle="--", label="in-process limit")
+    ax1.set_yticks(y, labels, fontsize=7)
+    ax1.set_xlabel("img/s")
+    ax1.legend()
+    ax2.barh(y, [r["p99_ms"] for r in rows], color="tab:orange")
+    ax2.set_xlabel("p99 latency (ms)")
+    ax3.barh(y, [r.get("overhead_ms") or 0 for r in rows], color="tab:green")
+    ax3.axvline(1.5, color="red", linestyle="--", label="1.5 ms goal")
+    ax3.set_xlabel("serving overhead (CPU ms/img)")
+    ax3.legend()
+    ax1.invert_yaxis()
+    fig.suptitle(f"ResNet50V2 {run['size']}², {cpu_count} CPU cores")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

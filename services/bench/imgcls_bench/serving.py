@@ -1,0 +1,226 @@
+"""The served paths of ``make bench``: who answers the load generator, started and stopped here.
+
+Triton-backed paths share one ``tritonserver`` (the bench's model repository); the peers that
+need none (BentoML, Ray Serve) run with Triton stopped, so they get the whole machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import requests
+import tritonclient.http as httpclient
+
+from local_stack.api import ApiServer
+from local_stack.procs import ManagedProcess, free_port
+from local_stack.triton import TritonServer
+
+from .measure import Row, closed_loop
+
+BENCH_ENV = Path(".cache/bench-venv")
+_SRC = Path(__file__).resolve().parents[2]
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One group of table rows: who answers, for which model, at which of the concurrencies."""
+
+    label: str
+    front: str  # "triton" (client → Triton), "api" (→ API → Triton), "baseline", "bento", "ray"
+    model: str = "resnet50v2"
+    cells: str = "all"  # "all", "high" (the two highest), "edges" (lowest and third)
+    env: dict[str, str] = field(default_factory=dict)  # the API's environment
+    replicas: int = 1  # Ray Serve only
+    threads: int = 0  # BentoML / Ray Serve: ONNX Runtime threads per replica (0 = every core)
+
+    @property
+    def decodes(self) -> bool:
+        """Whether this path decodes the JPEG itself (Triton direct gets ready tensors)."""
+        return self.front != "triton"
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.model.endswith("_int8") else "fp32"
+
+
+SCENARIOS = (
+    Scenario("triton direct (batching on)", "triton"),
+    Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
+    Scenario("API end to end (multipart JPEG)", "api"),
+    Scenario("API end to end INT8", "api", "resnet50v2_int8", cells="high"),
+    Scenario(
+        "API, its batching off (BATCH_SLOTS=0)", "api", cells="high", env={"BATCH_SLOTS": "0"}
+    ),
+    Scenario("API, 2 instances × 1 thread", "api", "resnet50v2_2x1", cells="high"),
+    Scenario("API, 1 instance × all cores", "api", "resnet50v2_1x2", cells="edges"),
+    Scenario("peer: Flask threaded=False + JSON tensors", "baseline", cells="edges"),
+    # The peers without Triton, each in its best layout of the previous runs plus the default.
+    Scenario("peer: BentoML (adaptive batching)", "bento"),
+    Scenario("peer: BentoML (adaptive batching, 1 thread)", "bento", cells="high", threads=1),
+    Scenario("peer: Ray Serve (1 replica)", "ray", cells="high"),
+    Scenario("peer: Ray Serve (2 replicas × 1 thread)", "ray", replicas=2, threads=1),
+)
+PEERS_WITHOUT_TRITON = frozenset({"bento", "ray"})
+
+
+def cells(which: str, conc: list[int]) -> list[int]:
+    return {"all": conc, "high": conc[-2:], "edges": conc[:1] + conc[2:3]}[which]
+
+
+def triton_worker(url: str, model: str, size: int):
+    def make():
+        client = httpclient.InferenceServerClient(url)
+        x = np.random.default_rng(1).integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+        tensor = httpclient.InferInput("image", list(x.shape), "UINT8")
+        tensor.set_data_from_numpy(x, binary_data=True)
+        out = [httpclient.InferRequestedOutput("probabilities", binary_data=True)]
+        return lambda _i: (client.infer(model, [tensor], outputs=out), 1)[1]
+
+    return make
+
+
+def http_worker(url: str, data: bytes):
+    def make():
+        http = requests.Session()
+
+        def send(_i: int) -> int:
+            resp = http.post(url, files={"image": ("x.jpg", data, "image/jpeg")}, timeout=60)
+            return 1 if resp.status_code == 200 else -1
+
+        return send
+
+    return make
+
+
+def triton_counters(triton: TritonServer, model: str) -> Callable[[], dict[str, float]]:
+    """Triton's image and execution counts of ``model``: their ratio is the batch ONNX Runtime
+    actually ran (what decides its cost per image)."""
+    pattern = re.compile(
+        r'^(nv_inference_count|nv_inference_exec_count)\{model="' + re.escape(model) + r'",'
+        r'version="[^"]*"\} (\S+)$', re.MULTILINE)  # fmt: skip
+
+    def read() -> dict[str, float]:
+        text = requests.get(triton.metrics_url, timeout=5).text
+        return {name: float(value) for name, value in pattern.findall(text)}
+
+    return read
+
+
+def _pids(*procs: ManagedProcess | None) -> list[int]:
+    return [p.proc.pid for p in procs if p is not None and p.proc is not None]
+
+
+def _start_peer(cmd: list[str], port: int, workdir: Path, env: dict | None, probe_jpeg: bytes,
+                timeout: float = 120) -> ManagedProcess:  # fmt: skip
+    peer = ManagedProcess(workdir, env)
+    peer.name = cmd[2] if len(cmd) > 2 else "peer"
+    peer.spawn(cmd)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not peer.running:
+            raise RuntimeError(f"{peer.name} exited: see {peer.log_path}")
+        if _answers(port, probe_jpeg):
+            return peer
+        time.sleep(0.5)
+    peer.stop()
+    raise TimeoutError(f"{peer.name} not ready on :{port}")
+
+
+def _answers(port: int, jpeg: bytes) -> bool:
+    try:
+        r = requests.post(f"http://127.0.0.1:{port}/predict",
+                          files={"image": ("x.jpg", jpeg, "image/jpeg")}, timeout=30)  # fmt: skip
+        return r.status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextlib.contextmanager
+def front(s: Scenario, triton: TritonServer | None, ctx: dict) -> Iterator[tuple]:
+    """Start what answers scenario ``s``; yield (worker factory, server pids, counters); stop it."""
+    work, size, jpeg = ctx["work"], ctx["size"], ctx["jpeg"]
+    counters = triton_counters(triton, s.model) if triton is not None else None
+    if s.front == "triton":
+        yield triton_worker(triton.url, s.model, size), _pids(triton), counters
+    elif s.front == "api":
+        env = {"MODEL_NAME": s.model, **s.env}
+        with ApiServer(triton.url, workdir=work / f"api-{s.model}", env=env) as api:
+            yield http_worker(f"{api.url}/predict", jpeg), _pids(triton, api), counters
+    else:
+        port = free_port()
+        peer = _start_peer(_peer_command(s, port, triton, ctx), port, work / f"{s.front}-{s.replicas}",
+                           _peer_env(s, ctx), jpeg, timeout=240 if s.front == "ray" else 120)  # fmt: skip
+        try:
+            yield (
+                http_worker(f"http://127.0.0.1:{port}/predict", jpeg),
+                _pids(triton, peer),
+                counters,
+            )
+        finally:
+            peer.stop(grace=30)
+
+
+def _peer_command(s: Scenario, port: int, triton: TritonServer | None, ctx: dict) -> list[str]:
+    size, python = str(ctx["size"]), str(BENCH_ENV / "bin" / "python")
+    if s.front == "baseline":
+        return [sys.executable, "-m", "imgcls_bench.baseline", "--port", str(port),
+                "--triton-url", triton.url, "--size", size]  # fmt: skip
+    if s.front == "bento":
+        return [python, "-m", "bentoml", "serve", "imgcls_bench.bento_peer:Classifier",
+                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    return [python, "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", ctx["fp32"],
+            "--size", size, "--replicas", str(s.replicas), "--threads", str(s.threads)]  # fmt: skip
+
+
+def _peer_env(s: Scenario, ctx: dict) -> dict | None:
+    if s.front not in PEERS_WITHOUT_TRITON:
+        return None
+    env = {"PYTHONPATH": f"{_SRC / 'common'}{os.pathsep}{_SRC / 'bench'}"}
+    if s.front == "ray":
+        return {**env, "RAY_USAGE_STATS_ENABLED": "0"}
+    return {**env, "BENTO_MODEL": str(ctx["fp32"]), "BENTO_SIZE": str(ctx["size"]),
+            "BENTO_THREADS": str(s.threads), "BENTOML_DO_NOT_TRACK": "true",
+            "BENTOML_HOME": str(ctx["work"] / "bentoml-home")}  # fmt: skip
+
+
+def peers_available() -> bool:
+    """The optional bench environment (BentoML + Ray Serve) exists."""
+    return (BENCH_ENV / ".installed").exists() or (BENCH_ENV / "bin" / "python").exists()
+
+
+def serving_rows(repo: Path, conc: list[int], secs: float, ctx: dict,
+                 peers: bool) -> list[tuple[Scenario, Row]]:  # fmt: skip
+    """Every scenario: the Triton-backed ones with one Triton, then the peers that need none."""
+    rows: list[tuple[Scenario, Row]] = []
+
+    def measure(s: Scenario, triton: TritonServer | None) -> None:
+        with front(s, triton, ctx) as (worker, pids, counters):
+            for c in cells(s.cells, conc):
+                _log(f"{ctx['size']}² {s.label} c={c}")
+                rows.append((s, closed_loop(s.label, worker, c, secs, server_pids=pids,
+                                            counters=counters)))  # fmt: skip
+
+    with TritonServer(repo, workdir=ctx["work"] / "triton") as triton:
+        for s in (s for s in SCENARIOS if s.front not in PEERS_WITHOUT_TRITON):
+            measure(s, triton)
+    if not peers:
+        _log(f"BentoML and Ray Serve peers skipped (no {BENCH_ENV}; `make bench` creates it)")
+        return rows
+    for s in (s for s in SCENARIOS if s.front in PEERS_WITHOUT_TRITON):
+        try:
+            measure(s, None)
+        except (RuntimeError, TimeoutError) as exc:  # one peer failing must not lose the run
+            _log(f"{s.label} skipped: {exc}")
+    return rows
