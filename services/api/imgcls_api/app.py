@@ -21,8 +21,8 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False
     app.extensions["triton"] = TritonGateway(settings)
-    # Load shedding: with gunicorn gthread, set API_THREADS above MAX_IN_FLIGHT so that the
-    # spare threads answer 429 at once instead of letting connections queue.
+    # Load shedding: above MAX_IN_FLIGHT a request is answered 429 at once (under gthread, set
+    # API_THREADS above it, or the extra connections queue instead).
     app.extensions["admission"] = (
         threading.BoundedSemaphore(settings.max_in_flight) if settings.max_in_flight > 0 else None
     )

@@ -1,8 +1,11 @@
 """gunicorn settings for the API (``gunicorn -c python:imgcls_api.gunicorn_conf``).
 
-gthread workers: each worker thread keeps its own Triton client (tritonclient.http is not
-thread-safe), and concurrent requests reach Triton concurrently so dynamic batching can form
-batches. Threads mostly wait on Triton or decode images in Pillow (which releases the GIL).
+gevent workers (``API_WORKER_CLASS``, default ``gevent``): a request mostly waits on Triton, and
+tritonclient.http is built on geventhttpclient, so one worker serves many requests on one shared
+Triton client with greenlet switches instead of OS-thread hand-offs; the API's batching
+(``batching.py``) passes requests between greenlets cheaply. Large images are decoded on the
+hub's thread pool so they do not stall the worker (``inputs.py``). ``gthread`` remains available:
+each thread then keeps its own client (tritonclient.http is not thread-safe).
 """
 
 import os
@@ -14,8 +17,9 @@ os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgcl
 
 bind = os.environ.get("API_BIND", "0.0.0.0:5000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("API_THREADS", "8"))
+worker_class = os.environ.get("API_WORKER_CLASS", "gevent")
+worker_connections = int(os.environ.get("API_WORKER_CONNECTIONS", "1000"))  # gevent
+threads = int(os.environ.get("API_THREADS", "8"))  # gthread
 timeout = int(os.environ.get("API_WORKER_TIMEOUT", "60"))
 graceful_timeout = 10
 keepalive = 5

@@ -21,6 +21,7 @@ from flask import Request
 
 from imgcls.preprocessing import ImageError, ImageTooLarge, letterbox_array, load_image
 
+from .cooperative import decode_image
 from .errors import ApiError
 
 NPY_TYPES = {"application/x-npy", "application/npy"}
@@ -57,7 +58,7 @@ def _check_count(n: int, max_images: int) -> None:
 
 def _image_file(data: bytes, size: tuple[int, int], max_pixels: int, where: str) -> np.ndarray:
     try:
-        return load_image(data, size, max_pixels)
+        return decode_image(lambda d: load_image(d, size, max_pixels), data)
     except ImageTooLarge as exc:
         raise ApiError(413, exc.code, f"{where}: {exc.message}") from exc
     except ImageError as exc:

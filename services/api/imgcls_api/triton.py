@@ -1,6 +1,8 @@
 """The one Triton client wrapper of the API.
 
-- ``tritonclient.http`` (geventhttpclient) is not thread-safe: each thread gets its own client.
+- ``tritonclient.http`` (geventhttpclient) is not thread-safe but is greenlet-safe: in a gevent
+  worker (the default) one client with a connection pool serves the whole process; under threads
+  each thread gets its own.
 - What the model expects (input name/shape/type, output name, labels, batch limit) is read from
   Triton — metadata, config, and one classification request for the label order from the
   model's own ``labels.txt`` — at start-up and again whenever a response carries a new model
@@ -23,6 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from .batching import Batcher
+from .cooperative import gevent_active
 from .errors import ApiError
 from .observability import TRITON_LATENCY
 from .settings import Settings
@@ -64,6 +67,7 @@ class TritonGateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._local = threading.local()
+        self._shared: httpclient.InferenceServerClient | None = None  # under gevent
         self._lock = threading.Lock()
         self._info: dict[str, ModelInfo] = {}
         slots = settings.batch_slots
@@ -74,18 +78,32 @@ class TritonGateway:
 
     # -- clients ---------------------------------------------------------------------------
     def _client(self) -> httpclient.InferenceServerClient:
+        if gevent_active():
+            if self._shared is None:
+                self._shared = self._new_client(concurrency=_SHARED_CONNECTIONS)
+            return self._shared
         client = getattr(self._local, "client", None)
         if client is None:
-            client = httpclient.InferenceServerClient(
-                self.settings.triton_url,
-                connection_timeout=self.settings.connect_timeout_s,
-                network_timeout=self.settings.triton_timeout_s,
-            )
-            self._local.client = client
+            client = self._local.client = self._new_client()
         return client
 
+    def _new_client(self, concurrency: int = 1) -> httpclient.InferenceServerClient:
+        return httpclient.InferenceServerClient(
+            self.settings.triton_url,
+            concurrency=concurrency,
+            connection_timeout=self.settings.connect_timeout_s,
+            network_timeout=self.settings.triton_timeout_s,
+        )
+
     def _drop_client(self) -> None:
-        """Forget this thread's client after a network failure so the next call reconnects."""
+        """Forget the client after a network failure so the next call reconnects.
+
+        The shared client is replaced, not closed: other greenlets may still be using it, and it
+        closes its connections when the last of them lets go of it.
+        """
+        if gevent_active():
+            self._shared = None
+            return
         client = getattr(self._local, "client", None)
         self._local.client = None
         if client is not None:
@@ -218,4 +236,5 @@ class TritonGateway:
         return np.concatenate(parts), info
 
 
+_SHARED_CONNECTIONS = 16  # per gevent worker: calls in flight at once (batching keeps it few)
 _NP_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}
