@@ -130,31 +130,20 @@ def cold_start(repo: Path, workdir: Path) -> dict:
 
 def limit_rows(fp32: Path, int8: Path, size: int, secs: float, quick: bool) -> list[Row]:
     """The in-process ONNX Runtime limit (FP32, INT8), both thread layouts."""
+    # Two single-thread sessions at every batch size: the cost curve Triton's instances follow,
+    # from which the report tells the cost of small batches from the rest of the overhead.
+    curve = [1, 8] if quick else [1, 2, 4, 8, 16]
     rows = [
-        *bench_limit(fp32, size, secs, [1, 8] if quick else [1, 8, 16, 32]),
-        *bench_limit(fp32, size, secs, [8] if quick else [8, 16], sessions=2),
+        *bench_limit(fp32, size, secs, [8] if quick else [1, 8, 16, 32]),
+        *bench_limit(fp32, size, secs, curve, sessions=2),
     ]
     int8_rows = [
         *bench_limit(int8, size, secs, [8] if quick else [8, 16]),
-        *bench_limit(int8, size, secs, [8], sessions=2),
+        *bench_limit(int8, size, secs, curve, sessions=2),
     ]
     for r in int8_rows:
         r.name = r.name.replace("limit:", "limit INT8:")
     return rows + int8_rows
-
-
-def _build(work: Path, size: int) -> dict:
-    cmd = [sys.executable, "-m", "imgcls_bench.build", "models", str(work / "models"),
-           "--size", str(size)]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.splitlines()[-1])
-
-
-def _keras_vs_ort(built: dict, size: int, secs: float) -> dict:
-    cmd = [sys.executable, "-m", "imgcls_bench.build", "keras-vs-ort", built["keras"],
-           built["fp32"], "--size", str(size), "--seconds", str(secs)]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.splitlines()[-1])
 
 
 def served_size(params: Path = Path("params.yaml")) -> int:
@@ -202,9 +191,9 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
         _log(f"{size}²: ONNX Runtime vs Keras (tf.function)")
         out["onnxruntime_vs_keras"] = _keras_vs_ort(built, size, secs)
     out["limit_img_per_s"] = round(limit, 2)
+    curves = report.batch_curves(limits)
     out["rows"] = [r.summary(limit) for r in limits] + [
-        report.serving_summary(s, r, out["decode_ms"], out["inference_ms"], limit)
-        for s, r in served
+        report.serving_summary(s, r, out, limit, curves) for s, r in served
     ]
     out["targets"] = report.targets(out)
     return out

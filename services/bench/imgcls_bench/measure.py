@@ -77,7 +77,7 @@ class Row:
             p50_ms=round(self.pct(50), 1),
             p95_ms=round(self.pct(95), 1),
             p99_ms=round(self.pct(99), 1),
-            cpu_s_per_image=round(self.server_cpu_s / self.images, 4)
+            cpu_s_per_image=round(self.server_cpu_s / self.images, 6)
             if self.server_cpu_s and self.images
             else None,
             ratio_to_limit=round(self.img_per_s / limit, 3) if limit else None,

@@ -44,6 +44,7 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)  # the API's environment
     replicas: int = 1  # Ray Serve only
     threads: int = 0  # BentoML / Ray Serve: ONNX Runtime threads per replica (0 = every core)
+    single_thread_instances: bool = True  # Triton's instances run one ONNX Runtime thread each
 
     @property
     def decodes(self) -> bool:
@@ -63,8 +64,20 @@ SCENARIOS = (
     Scenario(
         "API, its batching off (BATCH_SLOTS=0)", "api", cells="high", env={"BATCH_SLOTS": "0"}
     ),
+    # What the API was before its batching and gevent workers: the same code, configured back.
+    Scenario(
+        "API as before (gthread, BATCH_SLOTS=0)",
+        "api",
+        env={"BATCH_SLOTS": "0", "API_WORKER_CLASS": "gthread"},
+    ),
     Scenario("API, 2 instances × 1 thread", "api", "resnet50v2_2x1", cells="high"),
-    Scenario("API, 1 instance × all cores", "api", "resnet50v2_1x2", cells="edges"),
+    Scenario(
+        "API, 1 instance × all cores",
+        "api",
+        "resnet50v2_1x2",
+        cells="edges",
+        single_thread_instances=False,
+    ),
     Scenario("peer: Flask threaded=False + JSON tensors", "baseline", cells="edges"),
     # The peers without Triton, each in its best layout of the previous runs plus the default.
     Scenario("peer: BentoML (adaptive batching)", "bento"),
