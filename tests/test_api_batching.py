@@ -60,20 +60,26 @@ def test_a_lone_request_is_sent_at_once_and_gets_its_rows():
     assert outputs.ravel().tolist() == [6, 8] and extra == "call 1"
 
 
+def _behind_a_held_call(batcher: Batcher, send: Recorder, pool, queued: list[np.ndarray]) -> list:
+    """Submit request 0 and hold its call; queue ``queued`` in this order; release. Futures of
+    every request, request 0 first."""
+    futures = [pool.submit(batcher.submit, "m", _images(0))]
+    assert send.entered.wait(5)
+    for n, images in enumerate(queued, start=1):
+        futures.append(pool.submit(batcher.submit, "m", images))
+        _wait_for(lambda n=n: _queued(batcher, "m") == n)
+    send.release.set()
+    return futures
+
+
 def test_requests_arriving_during_a_call_share_the_next_one():
     send = Recorder(hold_first=True)
     batcher = Batcher(send, lambda _k: 32)
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(batcher.submit, "m", _images(1))
-        assert send.entered.wait(5)
-        rest = [pool.submit(batcher.submit, "m", _images(10 + i, 20 + i)) for i in range(5)]
-        _wait_for(lambda: _queued(batcher, "m") == 5)
-        send.release.set()
-        results = [first.result(10), *(f.result(10) for f in rest)]
-    assert len(send.calls) == 2 and sorted(send.calls[1]) == sorted(
-        v for i in range(5) for v in (10 + i, 20 + i)
-    )
-    assert results[0][0].ravel().tolist() == [2]
+        queued = [_images(10 + i, 20 + i) for i in range(5)]
+        results = [f.result(10) for f in _behind_a_held_call(batcher, send, pool, queued)]
+    assert send.calls == [[0], [v for i in range(5) for v in (10 + i, 20 + i)]]
+    assert results[0][0].ravel().tolist() == [0]
     for i, (out, extra) in enumerate(results[1:]):
         assert out.ravel().tolist() == [2 * (10 + i), 2 * (20 + i)]  # its own rows, in order
         assert extra == "call 2"
@@ -83,16 +89,9 @@ def test_a_call_never_exceeds_the_batch_limit_and_never_splits_a_request():
     send = Recorder(hold_first=True)
     batcher = Batcher(send, lambda _k: 5)
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(batcher.submit, "m", _images(0))
-        assert send.entered.wait(5)
-        futures = []
-        for i in range(4):  # 2 images each: at most two requests (4 images) per call
-            futures.append(pool.submit(batcher.submit, "m", _images(10 * i + 1, 10 * i + 2)))
-            _wait_for(lambda n=i + 1: _queued(batcher, "m") == n)  # queue order is known
-        big = pool.submit(batcher.submit, "m", _images(*range(100, 107)))  # 7 > limit: alone
-        _wait_for(lambda: _queued(batcher, "m") == 5)
-        send.release.set()
-        for f in [first, *futures, big]:
+        # 2 images each: at most two requests (4 images) per call; then 7 > limit: alone
+        queued = [_images(10 * i + 1, 10 * i + 2) for i in range(4)] + [_images(*range(100, 107))]
+        for f in _behind_a_held_call(batcher, send, pool, queued):
             f.result(10)
     assert send.calls[1:] == [[1, 2, 11, 12], [21, 22, 31, 32], list(range(100, 107))]
 
@@ -102,18 +101,11 @@ def test_a_failed_call_fails_every_request_it_carried_and_only_those():
     send.fail_with = ApiError(504, "triton_timeout", "Triton did not answer")
     batcher = Batcher(send, lambda _k: 8)
     with ThreadPoolExecutor(4) as pool:
-        first = pool.submit(batcher.submit, "m", _images(1))
-        assert send.entered.wait(5)
-        riders = [
-            pool.submit(batcher.submit, "m", _images(2)),
-            pool.submit(batcher.submit, "m", _images(3)),
-        ]
-        _wait_for(lambda: _queued(batcher, "m") == 2)
-        send.release.set()
-        for f in [first, *riders]:
+        for f in _behind_a_held_call(batcher, send, pool, [_images(2), _images(3)]):
             with pytest.raises(ApiError) as err:
                 f.result(10)
             assert err.value.status == 504
+    assert send.calls == [[0], [2, 3]]
     send.fail_with = None
     out, _ = batcher.submit("m", _images(4))  # the batcher is not stuck after a failure
     assert out.ravel().tolist() == [8]
