@@ -4,7 +4,7 @@ gevent workers (``API_WORKER_CLASS``, default ``gevent``): a request mostly wait
 tritonclient.http is built on geventhttpclient, so one worker serves many requests on one shared
 Triton client with greenlet switches instead of OS-thread hand-offs; the API's batching
 (``batching.py``) passes requests between greenlets cheaply. Large images are decoded on the
-hub's thread pool so they do not stall the worker (``inputs.py``). ``gthread`` remains available:
+hub's thread pool so they do not stall the worker (``cooperative.py``). ``gthread`` remains available:
 each thread then keeps its own client (tritonclient.http is not thread-safe).
 """
 

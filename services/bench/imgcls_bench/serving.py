@@ -209,8 +209,9 @@ def _peer_env(s: Scenario, ctx: dict) -> dict | None:
 
 
 def peers_available() -> bool:
-    """The optional bench environment (BentoML + Ray Serve) exists."""
-    return (BENCH_ENV / ".installed").exists() or (BENCH_ENV / "bin" / "python").exists()
+    """The optional bench environment exists and imports BentoML and Ray Serve (the Makefile
+    marks it so only then: a half-installed venv would fail every peer's start)."""
+    return (BENCH_ENV / ".installed").exists()
 
 
 def serving_rows(repo: Path, conc: list[int], secs: float, ctx: dict,
