@@ -21,6 +21,7 @@ from flask import Request
 
 from imgcls.preprocessing import ImageError, ImageTooLarge, letterbox_array, load_image
 
+from . import multipart
 from .cooperative import decode_image
 from .errors import ApiError
 
@@ -66,12 +67,16 @@ def _image_file(data: bytes, size: tuple[int, int], max_pixels: int, where: str)
 
 
 def _multipart(request: Request, size, max_pixels: int, max_images: int) -> list[np.ndarray]:
-    files = request.files.getlist("image")
+    body = request.get_data(cache=False)  # bounded by MAX_CONTENT_LENGTH (413 above it)
+    parts = multipart.file_parts(
+        body, request.mimetype_params.get("boundary"), request.max_form_parts or 1000
+    )
+    files = [p for p in parts if p.name == "image"]
     if not files:
         raise ApiError(400, "missing_field", "multipart body needs a file field named 'image'")
     _check_count(len(files), max_images)
     return [
-        _image_file(f.read(), size, max_pixels, f"image {i} ({f.filename or 'unnamed'})")
+        _image_file(f.data, size, max_pixels, f"image {i} ({f.filename or 'unnamed'})")
         for i, f in enumerate(files)
     ]
 

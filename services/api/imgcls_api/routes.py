@@ -106,7 +106,8 @@ def _predict():
     probs, info = gateway.infer(np.stack(images), model)
     results = [_result(p, info.labels, top_k) for p in probs]
     body = {"model": _model_json(info)}
-    if len(results) == 1 and not _is_batch_request():
+    # One multipart image answers flat; several parts, JSON and .npy answer a list, even of one.
+    if len(results) == 1 and request.mimetype == "multipart/form-data":
         body.update(results[0])
     else:
         body["results"] = results
@@ -124,11 +125,6 @@ def _top_k() -> int | None:
     if value < 1:
         raise ApiError(400, "invalid_top_k", "top_k must be a positive integer")
     return value
-
-
-def _is_batch_request() -> bool:
-    """Several parts, JSON instances and .npy batches answer with a list, even of one."""
-    return request.mimetype != "multipart/form-data" or len(request.files.getlist("image")) > 1
 
 
 def _result(probs: np.ndarray, labels: tuple[str, ...], top_k: int | None) -> dict:
