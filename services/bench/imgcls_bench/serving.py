@@ -38,7 +38,8 @@ class Scenario:
     """One group of table rows: who answers, for which model, at which of the concurrencies."""
 
     label: str
-    front: str  # "triton" (client → Triton), "api" (→ API → Triton), "baseline", "bento", "ray"
+    front: str  # "triton" (client → Triton), "api" (→ API → Triton), "front" (the API with no
+    # model: answers from memory), "baseline", "bento", "ray"
     model: str = "resnet50v2"
     cells: str = "all"  # "all", "high" (the two highest), "edges" (lowest and third)
     env: dict[str, str] = field(default_factory=dict)  # the API's environment
@@ -52,6 +53,11 @@ class Scenario:
         return self.front != "triton"
 
     @property
+    def infers(self) -> bool:
+        """Whether a model runs behind this path (the API front alone answers from memory)."""
+        return self.front != "front"
+
+    @property
     def precision(self) -> str:
         return "int8" if self.model.endswith("_int8") else "fp32"
 
@@ -61,6 +67,8 @@ SCENARIOS = (
     Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
     Scenario("API end to end (multipart JPEG)", "api"),
     Scenario("API end to end INT8", "api", "resnet50v2_int8", cells="high"),
+    # The front's share of the overhead, measured: same app and gunicorn config, no model.
+    Scenario("API front alone (no model: answers from memory)", "front", cells="high"),
     Scenario(
         "API, its batching off (BATCH_SLOTS=0)", "api", cells="high", env={"BATCH_SLOTS": "0"}
     ),
@@ -68,7 +76,7 @@ SCENARIOS = (
     Scenario(
         "API as before (gthread, BATCH_SLOTS=0)",
         "api",
-        env={"BATCH_SLOTS": "0", "API_WORKER_CLASS": "gthread"},
+        env={"BATCH_SLOTS": "0", "API_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2"},
     ),
     Scenario("API, 2 instances × 1 thread", "api", "resnet50v2_2x1", cells="high"),
     Scenario(
@@ -171,6 +179,11 @@ def front(s: Scenario, triton: TritonServer | None, ctx: dict) -> Iterator[tuple
         env = {"MODEL_NAME": s.model, **s.env}
         with ApiServer(triton.url, workdir=work / f"api-{s.model}", env=env) as api:
             yield http_worker(f"{api.url}/predict", jpeg), _pids(triton, api), counters
+    elif s.front == "front":
+        env = {"MODEL_NAME": s.model, "BENCH_FRONT_SIZE": str(size)}
+        with ApiServer("127.0.0.1:9", workdir=work / "api-front", env=env,
+                       app="imgcls_bench.front_only:app") as api:  # fmt: skip
+            yield http_worker(f"{api.url}/predict", jpeg), _pids(api), None
     else:
         port = free_port()
         peer = _start_peer(_peer_command(s, port, triton, ctx), port, work / f"{s.front}-{s.replicas}",

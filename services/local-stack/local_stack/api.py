@@ -20,8 +20,11 @@ class ApiServer(ManagedProcess):
         workdir: Path | None = None,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        app: str | None = None,
     ) -> None:
+        """``app``: another WSGI app for the same gunicorn config (the bench's front-only row)."""
         super().__init__(workdir, env)
+        self.app = app
         self.port = port or free_port()
         self.host = host
         self.triton_url = triton_url
@@ -34,7 +37,8 @@ class ApiServer(ManagedProcess):
         """Start gunicorn; wait for ``/readyz`` (or only ``/healthz`` with ``wait_ready=False``)."""
         ours = {"TRITON_URL": self.triton_url, "API_BIND": f"{self.host}:{self.port}"}
         env = {**os.environ, **ours, **self.extra_env}  # the caller's overrides win
-        self.spawn([sys.executable, "-m", "gunicorn", "-c", "python:imgcls_api.gunicorn_conf"], env)
+        cmd = [sys.executable, "-m", "gunicorn", "-c", "python:imgcls_api.gunicorn_conf"]
+        self.spawn(cmd + ([self.app] if self.app else []), env)
         self.wait_for(f"{self.url}/{'readyz' if wait_ready else 'healthz'}", timeout)
         return self
 
