@@ -6,6 +6,12 @@ Triton client with greenlet switches instead of OS-thread hand-offs; the API's b
 (``batching.py``) passes requests between greenlets cheaply. Large images are decoded on the
 hub's thread pool so they do not stall the worker (``cooperative.py``). ``gthread`` remains available:
 each thread then keeps its own client (tritonclient.http is not thread-safe).
+
+One worker by default (``WEB_CONCURRENCY``) with two Triton calls in flight (``BATCH_SLOTS``):
+one batcher then sees every request. With several workers, keep-alive connections stick to
+whichever worker accepted them, and an uneven split leaves one worker's batches big and the
+other's empty — a Triton instance idle. Keep workers × slots near the model's Triton instances
+(``publish.instance_count``); add workers when decoding needs more than one core.
 """
 
 import os
@@ -16,7 +22,7 @@ import tempfile
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgcls-metrics-"))
 
 bind = os.environ.get("API_BIND", "0.0.0.0:5000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = os.environ.get("API_WORKER_CLASS", "gevent")
 worker_connections = int(os.environ.get("API_WORKER_CONNECTIONS", "1000"))  # gevent
 threads = int(os.environ.get("API_THREADS", "8"))  # gthread

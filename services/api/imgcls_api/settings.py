@@ -27,7 +27,7 @@ class Settings:
     max_batch_images: int = 32  # images per request
     model_info_ttl_s: float = 30.0  # re-read model metadata at least this often
     retry_after_s: int = 2  # Retry-After header on 503 and 429
-    batch_slots: int = 1  # Triton calls at once per model and worker; 0 = one per request
+    batch_slots: int = 2  # Triton calls at once per model and worker; 0 = one per request
     max_in_flight: int = 0  # predictions at once per worker before a fast 429; 0 = no cap
     api_keys: str = ""  # comma-separated keys; "" and no api_keys_file = no authentication
     api_keys_file: str = ""  # a file of keys, one per line (a mounted secret)
