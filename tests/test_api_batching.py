@@ -142,6 +142,24 @@ def test_slots_bound_the_calls_in_flight():
     assert peak[0] == 2
 
 
+def test_a_second_call_starts_only_once_it_is_as_big_as_the_call_in_flight():
+    send = Recorder(hold_first=True)
+    batcher = Batcher(send, lambda _k: 32, slots=2)
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, "m", _images(1, 2, 3))
+        assert send.entered.wait(5)
+        lone = pool.submit(batcher.submit, "m", _images(7))
+        _wait_for(lambda: _queued(batcher, "m") == 1)
+        time.sleep(0.05)
+        assert send.calls == [[1, 2, 3]]  # one image would take the free instance: it waits
+        pair = pool.submit(batcher.submit, "m", _images(8, 9))
+        _wait_for(lambda: len(send.calls) == 2)  # three images queued: the second call goes
+        assert send.calls[1] == [7, 8, 9] and not first.done()
+        send.release.set()
+        assert [f.result(10)[0].ravel().tolist() for f in (first, lone, pair)] == [
+            [2, 4, 6], [14], [16, 18]]  # fmt: skip
+
+
 def test_many_threads_many_requests_every_answer_is_its_own():
     calls = []
 

@@ -8,6 +8,12 @@ that arrive while a call is in flight wait for it to end and then leave together
 goes out at once (no added latency) and batches grow with the load, as BentoML's adaptive batching
 and Ray Serve's ``@serve.batch`` do.
 
+With several slots (calls in flight at once, one per Triton instance), a second call starts only
+when it can carry at least as many images as the smallest call already in flight: calls stay
+balanced, so a trickle of single requests does not take a Triton instance for a batch of one
+while a batch is forming (ONNX Runtime pays per run, not per image), and under light load a lone
+request still leaves at once.
+
 Leader/follower, no extra thread: the request at the head of the queue, when a call slot is free,
 sends everything queued (its own images first) on its own Triton client and hands every waiter
 its slice; a thread never waits on a call that does not carry its own request.
@@ -51,7 +57,7 @@ class Batcher(Generic[T]):
         self._send, self._max_batch, self._slots = send, max_batch, slots
         self._lock = threading.Lock()
         self._queues: dict[Hashable, deque[_Pending[T]]] = {}
-        self._busy: dict[Hashable, int] = {}
+        self._in_flight: dict[Hashable, list[int]] = {}  # images of each call in flight
 
     def submit(self, key: Hashable, images: np.ndarray) -> tuple[np.ndarray, T]:
         """The outputs for ``images`` (N×…) and the ``extra`` of the call that carried them."""
@@ -59,6 +65,7 @@ class Batcher(Generic[T]):
         with self._lock:
             queue = self._queues.setdefault(key, deque())
             queue.append(me)
+            self._wake_head(key)  # the queue may have grown enough for another call
         while True:
             with self._lock:  # every wake.set() happens under this lock: no lost wake-up
                 if me.finished:
@@ -77,21 +84,36 @@ class Batcher(Generic[T]):
 
     def _claim(self, key: Hashable, me: _Pending[T]) -> list[_Pending[T]] | None:
         """A batch for ``me`` to send, if it heads the queue and a slot is free (lock held)."""
-        queue, busy = self._queues[key], self._busy.get(key, 0)
-        if busy >= self._slots or queue[0] is not me:
+        queue = self._queues[key]
+        if queue[0] is not me or not self._may_start(key):
             return None
-        self._busy[key] = busy + 1
         limit, batch = self._max_batch(key), [queue.popleft()]
         count = len(me.images)
         while queue and count + len(queue[0].images) <= limit:
             count += len(queue[0].images)
             batch.append(queue.popleft())
+        self._in_flight.setdefault(key, []).append(count)
         self._wake_head(key)  # another slot may be free for what is left
         return batch
 
+    def _may_start(self, key: Hashable) -> bool:
+        """A slot is free and, beside calls in flight, the queue holds as many images as the
+        smallest of them (or a full batch) (lock held)."""
+        flying = self._in_flight.get(key, [])
+        if len(flying) >= self._slots:
+            return False
+        if not flying:
+            return True
+        need, queued = min(min(flying), self._max_batch(key)), 0
+        for pending in self._queues[key]:
+            queued += len(pending.images)
+            if queued >= need:
+                return True
+        return False
+
     def _wake_head(self, key: Hashable) -> None:
         queue = self._queues[key]
-        if queue and self._busy.get(key, 0) < self._slots:
+        if queue and self._may_start(key):
             queue[0].wake.set()
 
     def _run(self, key: Hashable, batch: list[_Pending[T]]) -> None:
@@ -106,7 +128,7 @@ class Batcher(Generic[T]):
             for p in batch:
                 p.error = exc
         with self._lock:
-            self._busy[key] -= 1
+            self._in_flight[key].remove(sum(len(p.images) for p in batch))
             for p in batch:
                 p.finished = True
                 p.wake.set()

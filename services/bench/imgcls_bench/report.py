@@ -12,9 +12,9 @@ actually ran (its metrics), minus the best; *path* = the rest, what HTTP, the AP
 backend cost per image.
 
 The row "API front alone" serves the same app with no model (it answers from memory): its
-overhead is the HTTP front's own path (gunicorn, multipart, decode excluded, JSON, logs). With
-Triton direct's overhead at the same concurrency it gives the floor the API's overhead can reach
-with this Triton layout on this machine (``floor_ms_c8`` / ``floor_ms_c16`` in the targets).
+overhead is the HTTP front's own path — gunicorn, multipart, JSON, logs, metrics; decode
+excluded — (``front_path_ms_c8`` / ``_c16`` in the targets), the part of the API's path that no
+batching can share.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from .measure import Row
 from .serving import Scenario
 
 API_ROW = "API end to end (multipart JPEG)"
-DIRECT_ROW = "triton direct (batching on)"
 FRONT_ROW = "API front alone"
 PEER_PREFIXES = ("peer: BentoML", "peer: Ray Serve")
 
@@ -105,13 +104,9 @@ def targets(run: dict) -> dict:
             out[f"overhead_ms_int8_c{c}"] = int8.get("overhead_ms")
             ideal = run["cpu_count"] * 1000 / (run["decode_ms"] + run["inference_ms"]["int8"])
             out[f"int8_api_over_decode_plus_inference_c{c}"] = round(int8["img_per_s"] / ideal, 2)
-        direct, front = _pick(rows, DIRECT_ROW, c), _pick(rows, FRONT_ROW, c)
-        if direct and front and "overhead_ms" in direct and "overhead_ms" in front:
-            # Through the API no more requests wait in Triton than when clients call it directly,
-            # so its batches are no bigger: Triton direct's overhead + the front's is a floor.
-            parts = [direct["overhead_ms"], front["overhead_ms"]]
-            out[f"floor_ms_c{c}"] = round(sum(parts), 2)
-            out[f"floor_split_c{c}"] = parts
+        front = _pick(rows, FRONT_ROW, c)
+        if front and "overhead_ms" in front:
+            out[f"front_path_ms_c{c}"] = front["overhead_ms"]
         if api and peers:
             best = max(peers, key=lambda r: r["img_per_s"])
             out[f"api_over_best_peer_c{c}"] = round(api["img_per_s"] / best["img_per_s"], 2)
