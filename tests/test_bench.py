@@ -45,6 +45,11 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path):
         assert r["overhead_ms"] == pytest.approx(expected, abs=0.011), r
         if model:
             assert r["triton_batch"] >= 1.0, r  # every other row here is served by Triton
+        if r["name"].startswith(("API end to end", "triton direct")):
+            assert "shim_ms" in r and ("api_path_ms" in r) == decodes, r
+        if "shim_ms" in r:  # the path by process adds up to the path (reads a moment apart)
+            parts = r["triton_ms"] + r["shim_ms"] + (r["api_path_ms"] if decodes else 0)
+            assert parts == pytest.approx(r["path_ms"], abs=1.0), r
     assert bench["targets"]["api_over_baseline"] > 0
     assert (out / "bench.png").stat().st_size > 1000
     table = (out / "bench.md").read_text()

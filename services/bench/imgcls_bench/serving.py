@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 import tritonclient.http as httpclient
 
@@ -23,7 +24,7 @@ from local_stack.api import ApiServer
 from local_stack.procs import ManagedProcess, free_port
 from local_stack.triton import TritonServer
 
-from .measure import Row, closed_loop
+from .measure import Row, closed_loop, tree_cpu_seconds
 
 BENCH_ENV = Path(".cache/bench-venv")
 _SRC = Path(__file__).resolve().parents[2]
@@ -139,6 +140,33 @@ def triton_counters(triton: TritonServer, model: str) -> Callable[[], dict[str, 
     return read
 
 
+def cpu_by_part(triton: TritonServer, api: ManagedProcess | None) -> Callable[[], dict[str, float]]:
+    """CPU seconds so far of tritonserver itself, of its backend stub processes (the local
+    Python backend: ONNX Runtime plus the shim's own work) and of the API's process tree."""
+    server = psutil.Process(triton.proc.pid)
+
+    def read() -> dict[str, float]:
+        stubs = server.children(recursive=True)
+        out = {"cpu_triton_s": _cpu(server), "cpu_backend_s": sum(_cpu(p) for p in stubs)}
+        if api is not None:
+            out["cpu_api_s"] = tree_cpu_seconds([api.proc.pid])
+        return out
+
+    return read
+
+
+def _cpu(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
+
+
+def _both(*reads: Callable[[], dict[str, float]]) -> Callable[[], dict[str, float]]:
+    return lambda: {k: v for read in reads for k, v in read().items()}
+
+
 def _pids(*procs: ManagedProcess | None) -> list[int]:
     return [p.proc.pid for p in procs if p is not None and p.proc is not None]
 
@@ -174,10 +202,12 @@ def front(s: Scenario, triton: TritonServer | None, ctx: dict) -> Iterator[tuple
     work, size, jpeg = ctx["work"], ctx["size"], ctx["jpeg"]
     counters = triton_counters(triton, s.model) if triton is not None else None
     if s.front == "triton":
+        counters = _both(counters, cpu_by_part(triton, None))
         yield triton_worker(triton.url, s.model, size), _pids(triton), counters
     elif s.front == "api":
         env = {"MODEL_NAME": s.model, **s.env}
         with ApiServer(triton.url, workdir=work / f"api-{s.model}", env=env) as api:
+            counters = _both(counters, cpu_by_part(triton, api))
             yield http_worker(f"{api.url}/predict", jpeg), _pids(triton, api), counters
     elif s.front == "front":
         env = {"MODEL_NAME": s.model, "BENCH_FRONT_SIZE": str(size)}
