@@ -68,9 +68,9 @@ def serving_summary(s: Scenario, row: Row, run: dict, limit: float,
                     curves: dict[str, list[tuple[int, float]]]) -> dict:  # fmt: skip
     """The row's summary plus its overhead and the batch Triton ran (where Triton serves it)."""
     out, infer = row.summary(limit), run["inference_ms"]
+    decode = run["decode_ms"] if s.decodes else 0
     if out["cpu_s_per_image"] is not None and s.precision in infer:
         spent = out["cpu_s_per_image"] * 1000
-        decode = run["decode_ms"] if s.decodes else 0
         model = infer[s.precision] if s.infers else 0
         out["overhead_ms"] = round(spent - decode - model, 2)
     counts = row.counters
@@ -79,11 +79,11 @@ def serving_summary(s: Scenario, row: Row, run: dict, limit: float,
         out["triton_batch"] = round(ran, 1)
         curve = curves.get(s.precision)
         if curve and s.single_thread_instances and "overhead_ms" in out:
-            loss = max(0.0, at_batch(curve, ran) - infer[s.precision])
+            onnx_ms = at_batch(curve, ran)
+            loss = max(0.0, onnx_ms - infer[s.precision])
             out["small_batch_ms"] = round(loss, 2)
             out["path_ms"] = round(out["overhead_ms"] - loss, 2)
-            out.update(_path_parts(counts, row.images, at_batch(curve, ran),
-                                   run["decode_ms"] if s.decodes else 0))  # fmt: skip
+            out.update(_path_parts(counts, row.images, onnx_ms, decode))
     return out
 
 
