@@ -37,6 +37,7 @@ STAGE_SETTINGS = {
     "demo": "model_preparation.demo_data:DemoParams",
     "compare": "model_preparation.compare:CompareParams",
     "search": "model_preparation.search:SearchParams",
+    "lifecycle": "imgcls.lifecycle:LifecycleParams",  # not a stage: the lifecycle commands
 }
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .contract import MAX_IMAGE_PIXELS as DEFAULT_MAX_PIXELS
+
 PAD_VALUE = 0
-#: Default refusal threshold for decompression bombs (about 8k x 5k).
-DEFAULT_MAX_PIXELS = 40_000_000
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
