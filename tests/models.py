@@ -7,12 +7,13 @@ import onnx
 from onnx import TensorProto, helper
 
 
-def tiny_onnx(path, classes: int = 3, size: int = 8):
-    """uint8 image → mean over pixels → softmax of a fixed projection (a real, runnable graph)."""
+def tiny_onnx(path, classes: int = 3, size: int = 8, scale: float = 1.0):
+    """uint8 image → mean over pixels → softmax of a fixed projection (a real, runnable graph);
+    another ``scale`` gives another model (other weights, other bytes)."""
     inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", size, size, 3])
     out = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])
     weights = helper.make_tensor(
-        "w", TensorProto.FLOAT, [3, classes], np.eye(3, classes).flatten().tolist()
+        "w", TensorProto.FLOAT, [3, classes], (np.eye(3, classes) * scale).flatten().tolist()
     )
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),

@@ -57,7 +57,7 @@ def test_onnx_matches_keras_and_has_named_dynamic_tensors(tiny_project):
 def test_served_files_are_consistent_with_the_graph(tiny_project):
     repo = tiny_project / "model_repository/resnet50v2"
     config = (repo / "config.pbtxt").read_text()
-    labels = _labels(repo / "labels.txt")
+    labels = _labels(repo / "1/labels.txt")
     assert (
         labels
         == _labels(tiny_project / "artifacts/prepared/labels.txt")
@@ -66,11 +66,14 @@ def test_served_files_are_consistent_with_the_graph(tiny_project):
     assert 'backend: "onnxruntime"' in config and "dynamic_batching" in config
     assert 'name: "image"' in config and 'name: "probabilities"' in config
     assert re.search(r"dims: \[ 48, 48, 3 \]", config)
-    assert re.search(rf"dims: \[ {len(labels)} \]", config)
-    assert _md5(repo / "1/model.onnx") == _md5(tiny_project / "artifacts/model.onnx")
-    tracked = yaml.safe_load((tiny_project / "model.dvc").read_text())["outs"][0]
-    assert tracked["path"] == "model_repository/resnet50v2/1/model.onnx"  # what Triton serves
-    assert tracked["md5"] == _md5(repo / "1/model.onnx")
+    assert "version_policy: { specific: { versions: [ 1 ] } }" in config  # the first serves
+    meta = _json(repo / "1/version.json")
+    assert meta["labels"] == labels and meta["md5"] == _md5(repo / "1/model.onnx")
+    assert meta["source"]["md5"] == _md5(tiny_project / "artifacts/model.onnx")
+    assert meta["accuracy"] == _json(tiny_project / "artifacts/reports/metrics.json")["accuracy"]
+    tracked = yaml.safe_load((tiny_project / "model.dvc").read_text())["outs"]
+    assert [o["path"] for o in tracked] == ["model_repository"]  # all Triton serves, and how
+    assert "model.dvc" not in run("dvc status model.dvc", tiny_project).stdout
 
 
 def test_int8_model_is_quantized_evaluated_and_served_beside_fp32(tiny_project):
@@ -79,9 +82,10 @@ def test_int8_model_is_quantized_evaluated_and_served_beside_fp32(tiny_project):
     int8 = onnx.load(str(tiny_project / "model_repository/resnet50v2_int8/1/model.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     config = (tiny_project / "model_repository/resnet50v2_int8/config.pbtxt").read_text()
-    assert 'name: "resnet50v2_int8"' in config and re.search(r"dims: \[ 3 \]", config)
-    tracked = [o["path"] for o in yaml.safe_load((tiny_project / "model.dvc").read_text())["outs"]]
-    assert "model_repository/resnet50v2_int8/1/model.onnx" in tracked
+    assert 'name: "resnet50v2_int8"' in config and 'label_filename: "1/labels.txt"' in config
+    meta = _json(tiny_project / "model_repository/resnet50v2_int8/1/version.json")
+    assert meta["accuracy"] == report["int8_accuracy"]
+    assert meta["source"]["md5"] == _md5(tiny_project / "artifacts/model.int8.onnx")
 
 
 def test_data_report_counts_splits_and_the_skipped_file(tiny_project):
@@ -161,10 +165,16 @@ def test_adding_a_class_folder_extends_model_labels_config_and_evaluation(tiny_p
     params["quantize"]["min_agreement"] = 0.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run("dvc repro", project)
-    labels = _labels(project / "model_repository/resnet50v2/labels.txt")
+    # the new model is version 2 beside version 1, a candidate: version 1 still serves
+    receipt = _json(project / "artifacts/reports/publish.json")
+    assert (receipt["version"], receipt["role"], receipt["num_classes"]) == (2, "candidate", 4)
+    labels = _labels(project / "model_repository/resnet50v2/2/labels.txt")
     assert labels == ["circle", "square", "star", "triangle"]
-    assert re.search(
-        r"dims: \[ 4 \]", (project / "model_repository/resnet50v2/config.pbtxt").read_text()
+    assert _labels(project / "model_repository/resnet50v2/1/labels.txt") == [
+        "circle", "square", "triangle",
+    ]  # fmt: skip
+    assert _md5(project / "model_repository/resnet50v2/1/model.onnx") == _md5(
+        tiny_project / "model_repository/resnet50v2/1/model.onnx"
     )
     metrics = _json(project / "artifacts/reports/metrics.json")
     assert set(metrics["per_class"]) == set(labels)

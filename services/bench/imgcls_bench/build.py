@@ -45,8 +45,7 @@ def build_models(out: Path, size: int) -> None:
     from model_preparation.common import load_params, parse_settings
     from model_preparation.export import convert
     from model_preparation.int8 import quantize_int8
-    from model_preparation.onnx_utils import signature
-    from model_preparation.publish import PublishParams, render_config
+    from model_preparation.publish import PublishParams, publish_model
     from model_preparation.train import build_model
 
     out.mkdir(parents=True, exist_ok=True)
@@ -74,14 +73,9 @@ def build_models(out: Path, size: int) -> None:
         "resnet50v2_int8": (int8, {}),
     }
     for name, (path, extra) in models.items():
-        (repo / name / "1").mkdir(parents=True, exist_ok=True)
-        target = repo / name / "1" / "model.onnx"
-        target.unlink(missing_ok=True)  # always the current build of the model
-        shutil.copyfile(path, target)
-        inputs, outputs = signature(path)
+        shutil.rmtree(repo / name, ignore_errors=True)  # version 1: the current build, serving
         params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
-        (repo / name / "config.pbtxt").write_text(render_config(name, inputs, outputs, params))
-        (repo / name / "labels.txt").write_text("".join(f"{label}\n" for label in LABELS))
+        publish_model(name, path, LABELS, repo, params)
     print(
         json.dumps(
             {
