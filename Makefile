@@ -11,12 +11,18 @@ PYTEST_ARGS ?=
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
-.PHONY: install data model up test test-fast lint format bench bench-pipeline compare search chart clean help
+.PHONY: install data model up test test-fast lint format bench bench-pipeline compare search chart clean help \
+	status canary shadow promote rollback bench-lifecycle
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
 	@echo "make test    install and run the whole test suite (lint included)"
-	@echo "make model   run the DVC pipeline (dvc repro) and version the served model"
+	@echo "make model   run the DVC pipeline; a new version starts as a candidate (shadow)"
+	@echo "make status  the served versions, the candidate and its live agreement"
+	@echo "make canary  PERCENT=10 VERSION=N: the candidate answers that share of requests"
+	@echo "make shadow  PERCENT=100 VERSION=N: the candidate is asked in the background"
+	@echo "make promote VERSION=N FORCE=1: the candidate serves everything (gated)"
+	@echo "make rollback TO=N: drop the candidate, or serve the previous version again"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
 	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
@@ -53,6 +59,22 @@ up: $(STAMP)
 	@$(BIN)/python -m model_preparation.bootstrap --if-missing --repository $(MODEL_REPOSITORY)
 	$(BIN)/python -m local_stack --model-repository $(MODEL_REPOSITORY) $(UP_ARGS)
 
+# Changing the served model (README "Changing the model in production"): the running stack's
+# Triton (make up) is told through its admin API; TRITON_URL / API_URL point elsewhere.
+LIFECYCLE := $(BIN)/python -m imgcls.lifecycle --repository $(MODEL_REPOSITORY)
+
+status: $(STAMP)
+	@$(LIFECYCLE) status
+
+canary shadow: $(STAMP)
+	@$(LIFECYCLE) $@ $(VERSION) $(if $(PERCENT),--percent $(PERCENT))
+
+promote: $(STAMP)
+	@$(LIFECYCLE) promote $(VERSION) $(if $(FORCE),--force)
+
+rollback: $(STAMP)
+	@$(LIFECYCLE) rollback $(if $(TO),--to $(TO))
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -85,6 +107,10 @@ $(BENCH_VENV)/.installed: requirements/bench.txt
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory $(BENCH_VENV)/.installed || true
 	$(BIN)/python -m imgcls_bench $(BENCH_ARGS)
+
+# A promote under load alone (make bench runs it too): p50/p99 during it vs steady state.
+bench-lifecycle: $(STAMP)
+	$(BIN)/python -m imgcls_bench.lifecycle $(BENCH_LIFECYCLE_ARGS)
 
 # Experiments (not part of dvc repro): each needs the prepared data, so prepare runs first.
 compare: data

@@ -20,10 +20,16 @@ import sys
 import time
 from pathlib import Path
 
+from imgcls.lifecycle import Controller, LifecycleParams
+from imgcls.params import load_settings
+from imgcls.repository import ModelDir
+from imgcls.triton_control import TritonControl, admin_key
+
 from .common import (
     INT8_REPORT,
     METRICS_REPORT,
     MODEL_REPOSITORY,
+    PUBLISH_REPORT,
     RAW_DATA,
     PipelineError,
     read_json,
@@ -39,18 +45,25 @@ def say(message: str) -> None:
 
 
 def missing_models(repository: Path = MODEL_REPOSITORY) -> list[str]:
-    """Models in the repository that Triton could not load: a config but no ``<n>/model.onnx``.
+    """Models in the repository that Triton could not load: a config whose versions (every one
+    it names, or any for a config without our lifecycle state) have no ``model.onnx``.
 
     An empty repository counts as one missing model.
     """
     configs = sorted(repository.glob("*/config.pbtxt"))
     if not configs:
         return [str(repository)]
-    return [
-        cfg.parent.name
-        for cfg in configs
-        if not any(p.is_file() for p in cfg.parent.glob("[0-9]*/model.onnx"))
-    ]
+    missing = []
+    for cfg in configs:
+        state = ModelDir(repository, cfg.parent.name).state()
+        files = (
+            [cfg.parent / str(v) / "model.onnx" for v in state.loaded]
+            if state
+            else list(cfg.parent.glob("[0-9]*/model.onnx"))
+        )
+        if not files or not all(f.is_file() for f in files):
+            missing.append(cfg.parent.name)
+    return missing
 
 
 def has_images(raw: Path = RAW_DATA) -> bool:
@@ -101,6 +114,40 @@ def build() -> None:
     _run(["dvc", "repro"])
     _run(["dvc", "commit", "-q", "-f", "model.dvc"])
     say(f"pipeline done in {_minutes(time.monotonic() - started)}; {_accuracy_line()}")
+    _after_publish(read_json(PUBLISH_REPORT))
+
+
+def _after_publish(receipt: dict) -> None:
+    """Say which versions the pipeline published; start new ones as candidates (never straight
+    to every user) on the Triton that serves, when one answers (params.yaml lifecycle)."""
+    entries = [e for e in (receipt, receipt.get("int8")) if e]
+    for e in entries:
+        news = "new" if e["new"] else "unchanged"
+        say(f"{e['model_name']} version {e['version']} ({news}): {e['role']}")
+    new = [e for e in entries if e["new"] and e["role"] == "candidate"]
+    if not new:
+        return
+    params = load_settings(LifecycleParams, "lifecycle")
+    for e in new:
+        if e.get("accuracy") is not None and e["accuracy"] < params.min_accuracy:
+            say(
+                f"{e['model_name']} version {e['version']}: held-out accuracy {e['accuracy']:.4f}"
+                f" < lifecycle.min_accuracy {params.min_accuracy}: promote will refuse it"
+            )
+    mode = params.on_publish
+    if mode == "none":
+        say("the new version serves nobody yet: `make canary` or `make shadow` starts it")
+        return
+    control = TritonControl(os.environ.get("TRITON_URL", "127.0.0.1:8000"), admin_key())
+    if not control.reachable():
+        say(f"no Triton answers at {control.base}: the new version waits; after `make up`, "
+            f"`make {mode}` starts it")  # fmt: skip
+        return
+    names = [e["model_name"] for e in new]
+    Controller(MODEL_REPOSITORY, control, params=params, say=say).start_candidate(
+        mode, None, None, names
+    )
+    say("`make status` shows how it compares; `make promote` or `make rollback` when you know")
 
 
 def _accuracy_line() -> str:
