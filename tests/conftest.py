@@ -5,6 +5,8 @@ Everything started here is stopped here, whatever the tests do.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +18,21 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
+# The tiny project is built once and kept here, keyed by everything its build depends on: a second
+# run of the suite (or `make test-integration`) starts from it instead of running `dvc repro`.
+PROJECT_CACHE = REPO / ".cache" / "test-project"
+
+
+def _build_inputs() -> list[str]:
+    """What the build reads: the pipeline's definition and parameters, the demo data generator,
+    and every code file a stage depends on (dvc.yaml's deps, held complete by
+    tests/test_stage_contract.py)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
+    code = sorted({d for s in stages for d in s["deps"] if d.startswith("services/")})
+    return ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "model.dvc",
+            "requirements/train.txt", "services/model-preparation/model_preparation/demo_data.py",
+            *code]  # fmt: skip
+
 
 # Small enough for CI on 2 cores, big enough that the model must learn the shapes.
 TINY_PARAMS = {
@@ -82,14 +99,43 @@ def make_project(dest: Path, params_override: dict | None = None) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory) -> Path:
+def build_key(params_override: dict) -> str:
+    """A digest of every file the tiny project's build reads, and its parameters."""
+    digest = hashlib.sha256(json.dumps(params_override, sort_keys=True).encode())
+    for name in _build_inputs():
+        path = REPO / name
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+                digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_tiny_project(dest: Path) -> Path:
     """The real pipeline (`dvc repro`) on a tiny demo dataset with one corrupt file in it."""
-    root = make_project(tmp_path_factory.mktemp("tiny") / "project", TINY_PARAMS)
+    root = make_project(dest, TINY_PARAMS)
     run([sys.executable, "-m", "model_preparation.demo_data"], root)
     (root / "data/raw/circle/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     run("dvc add -q data && dvc repro && dvc commit -q -f model.dvc", root)
     run("git add -A && git commit -qm 'tiny project'", root)
+    return root
+
+
+def cached_tiny_project() -> Path:
+    """The tiny project for the current code and parameters: built once, reused after."""
+    entry = PROJECT_CACHE / build_key(TINY_PARAMS)
+    if not (entry / "complete").is_file():
+        shutil.rmtree(PROJECT_CACHE, ignore_errors=True)  # one entry: older ones are stale
+        build_tiny_project(entry / "project")
+        (entry / "complete").write_text("built by tests/conftest.py\n")
+    return entry / "project"
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A private copy of the built tiny project (tests may change their copy)."""
+    root = tmp_path_factory.mktemp("tiny") / "project"
+    shutil.copytree(cached_tiny_project(), root, symlinks=True)
     return root
 
 
@@ -171,6 +217,11 @@ class InMemoryGateway:
 
     def model_info(self, model: str, refresh: bool = False):
         return self._check(model)
+
+    def route(self, model: str):
+        from imgcls_api.triton import Route
+
+        return Route(self._check(model))
 
     def infer(self, images, model: str):
         import numpy as np

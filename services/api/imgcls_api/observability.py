@@ -24,6 +24,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 REQUESTS = Counter("api_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -38,6 +39,31 @@ TRITON_LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 IN_FLIGHT = Gauge("api_requests_in_flight", "Requests being handled", multiprocess_mode="livesum")
+_MODEL = ["model", "version", "role"]
+MODEL_REQUESTS = Counter(
+    "api_model_requests_total",
+    "Predictions per model version; role: serving, canary (a user got the candidate's answer), "
+    "shadow (the candidate was asked in the background), reference (the serving version was "
+    "asked in the background about a canary answer)",
+    _MODEL,
+)
+MODEL_LATENCY = Histogram(
+    "api_model_request_duration_seconds",
+    "Time from a prediction's call to its model version's answer (batching wait included)",
+    _MODEL,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+COMPARISONS = Counter(
+    "api_candidate_comparisons_total",
+    "Images answered by both the serving version and the candidate; outcome: agree, disagree "
+    "(different top-1 label), new_label (the candidate's top-1 is a class the serving one lacks)",
+    ["model", "serving", "candidate", "outcome"],
+)
+MIRROR_SKIPPED = Counter(
+    "api_mirror_skipped_total",
+    "Comparison calls not made: busy (too many in flight) or failed",
+    ["model", "reason"],
+)
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
@@ -114,5 +140,41 @@ def init_app(app: Flask) -> None:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry = REGISTRY
+        derived = CollectorRegistry(auto_describe=False)
+        derived.register(_Agreement(registry))
         # content_type, not mimetype: CONTENT_TYPE_LATEST already names its charset
-        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(registry) + generate_latest(derived)
+        return Response(body, content_type=CONTENT_TYPE_LATEST)
+
+
+class _Agreement:
+    """``api_candidate_agreement``: agree / (agree + disagree) per model, serving version and
+    candidate, from the comparison counters of every worker (a ratio cannot be summed across
+    workers, so it is computed when scraped)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self):
+        counts: dict[tuple[str, str, str], dict[str, float]] = {}
+        for family in self.source.collect():
+            if family.name != COMPARISONS._name:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = tuple(sample.labels[k] for k in ("model", "serving", "candidate"))
+                    per = counts.setdefault(key, {})
+                    per[sample.labels["outcome"]] = (
+                        per.get(sample.labels["outcome"], 0) + sample.value
+                    )
+        gauge = GaugeMetricFamily(
+            "api_candidate_agreement",
+            "Top-1 agreement of the candidate with the serving version on live answers "
+            "(answers naming a class the serving version lacks are left out)",
+            labels=["model", "serving", "candidate"],
+        )
+        for key, per in counts.items():
+            compared = per.get("agree", 0) + per.get("disagree", 0)
+            if compared:
+                gauge.add_metric(list(key), per.get("agree", 0) / compared)
+        yield gauge

@@ -209,6 +209,19 @@ SPEC: dict = {
                                 "ready": {"type": "boolean"},
                                 "version": {"type": "string"},
                                 "labels": {"type": "array", "items": {"type": "string"}},
+                                "candidate": {
+                                    "type": "object",
+                                    "description": "a version on trial: canary (answers "
+                                    "`percent` % of requests) or shadow (sent that share in "
+                                    "the background; users get the serving answer)",
+                                    "required": ["version", "mode", "percent", "labels"],
+                                    "properties": {
+                                        "version": {"type": "string"},
+                                        "mode": {"enum": ["canary", "shadow"]},
+                                        "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                                        "labels": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                },
                             },
                         },
                     },

@@ -42,14 +42,20 @@ def readyz():
 
 @bp.get("/models")
 def models():
-    """The models ``?model=`` may choose, the default first, each with its readiness."""
+    """The models ``?model=`` may choose, the default first, each with its readiness, its
+    serving version and, while one runs, its canary or shadow candidate."""
     gateway, listed = _gateway(), []
     for name in _settings().allowed_models:
         entry: dict = {"name": name, "ready": False}
         try:
             if gateway.model_ready(name):
-                info = gateway.model_info(name)
+                route = gateway.route(name)
+                info = route.serving
                 entry.update(ready=True, version=info.version, labels=list(info.labels))
+                if route.candidate is not None:
+                    entry["candidate"] = {"version": route.candidate.version, "mode": route.mode,
+                                          "percent": route.percent,
+                                          "labels": list(route.candidate.labels)}  # fmt: skip
         except ApiError as exc:
             if exc.status != 503:
                 raise

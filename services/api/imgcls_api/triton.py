@@ -1,33 +1,56 @@
 """The one Triton client wrapper of the API.
 
-- ``tritonclient.http`` (geventhttpclient) is not thread-safe but is greenlet-safe: in a gevent
-  worker (the default) one client with a connection pool serves the whole process; under threads
-  each thread gets its own.
-- What the model expects (input name/shape/type, output name, labels, batch limit) is read from
-  Triton — metadata, config, and one classification request for the label order from the
-  model's own ``labels.txt`` — at start-up and again whenever a response carries a new model
-  version, or the cached copy is older than ``model_info_ttl_s``.
-- Tensors travel with the binary data extension, not as JSON numbers.
-- Connection failures become 503 (with Retry-After), time-outs 504: never a hang, never a 500.
-- Concurrent requests of one worker share Triton calls (``batching.Batcher``, ``BATCH_SLOTS``).
+- Which version answers comes from the config Triton has loaded: the ``imgcls.*`` parameters the
+  lifecycle commands write (``imgcls.repository``) name the serving version, and a candidate that
+  answers a share of the requests (canary) or is sent a share of them in the background (shadow).
+  Every request is pinned to one version, and its labels are that version's, read from the same
+  config and cached by (model, version): versions are never rewritten, so the cache cannot go
+  stale and an answer's labels always belong to the version it names.
+- When a pinned version has just been unloaded (promote, rollback), the request re-reads the
+  routing once and goes where it now points: the user sees no error. The routing is re-read at
+  least every ``model_info_ttl_s`` (a new canary share reaches every worker within it).
+- A model repository this project did not write (no ``imgcls.*`` parameters) is served as before:
+  Triton's latest version, labels through the classification extension over its labels file,
+  re-read when a response names a new version.
+- Candidates are compared with the serving version on live traffic (``api_candidate_comparisons
+  _total``): a canary answer is also asked of the serving version, a shadowed request of the
+  candidate, in the background (``mirror.py``), never delaying the user's answer.
+- Tensors travel with the binary data extension, not as JSON numbers. Failures are classified by
+  Triton's HTTP status (message text only when there is none): unreachable or not ready → 503 with
+  Retry-After, time-outs → 504, anything else Triton refuses → 502; never a hang, never a 500.
+- ``tritonclient.http`` (geventhttpclient) is greenlet-safe but not thread-safe: under gevent one
+  pooled client serves the process; under threads each thread has its own.
+- Concurrent requests of one worker share Triton calls (``batching.Batcher``, ``BATCH_SLOTS``),
+  per model *version*.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from imgcls.repository import Lifecycle, config_parameters, labels_from_parameters
+
 from .batching import Batcher
 from .cooperative import gevent_active
 from .errors import ApiError
-from .observability import TRITON_LATENCY
+from .mirror import Mirror
+from .observability import (
+    COMPARISONS,
+    MIRROR_SKIPPED,
+    MODEL_LATENCY,
+    MODEL_REQUESTS,
+    TRITON_LATENCY,
+)
 from .settings import Settings
 
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (socket.timeout, TimeoutError)
@@ -41,6 +64,8 @@ except ImportError:  # pragma: no cover
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """One version of a model, as the API calls it."""
+
     name: str
     version: str
     input_name: str
@@ -51,29 +76,70 @@ class ModelInfo:
     labels: tuple[str, ...]
     max_batch_size: int
     fetched_at: float
+    pinned: bool = True  # False: ask Triton for its latest version (a repository not ours)
 
     @property
     def size(self) -> tuple[int, int]:
         return self.height, self.width
 
 
+@dataclass(frozen=True)
+class Route:
+    """What the model's loaded config says: who serves, and the candidate with its share."""
+
+    serving: ModelInfo
+    candidate: ModelInfo | None = None
+    mode: str = ""  # canary | shadow
+    percent: float = 0.0
+    fetched_at: float = 0.0
+
+
+class VersionGone(ApiError):
+    """The pinned version is no longer loaded (promoted away or rolled back): route again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(503, "triton_unavailable", message, retry_after=retry_after)
+
+
+def compare_top1(
+    serving_labels: tuple[str, ...],
+    candidate_labels: tuple[str, ...],
+    serving_probs: np.ndarray,
+    candidate_probs: np.ndarray,
+) -> Counter:
+    """Per image: ``agree`` (same top-1 label), ``disagree``, or ``new_label`` (the candidate's
+    top-1 is a class the serving version does not have, so it could not have agreed). Labels are
+    compared by name: a class added or reordered does not count as a disagreement by itself."""
+    known = set(serving_labels)
+    outcomes: Counter = Counter()
+    for s, c in zip(serving_probs.argmax(axis=1), candidate_probs.argmax(axis=1), strict=True):
+        theirs, ours = serving_labels[int(s)], candidate_labels[int(c)]
+        outcomes[
+            "agree" if ours == theirs else "new_label" if ours not in known else "disagree"
+        ] += 1
+    return outcomes
+
+
 class TritonGateway:
     """Thread-safe access to the models the API may use on one Triton server.
 
     Every method takes the model name; ``MODEL_VERSION`` pins the version of the default model
-    (``MODEL_NAME``), the others are served at Triton's latest version.
+    (``MODEL_NAME``): then there is no canary or shadow for it.
     """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._local = threading.local()
         self._shared: httpclient.InferenceServerClient | None = None  # under gevent
-        self._lock = threading.Lock()
-        self._info: dict[str, ModelInfo] = {}
+        self._lock = threading.RLock()  # _translate may forget a route while one is read
+        self._routes: dict[str, Route] = {}
+        self._infos: dict[tuple[str, str], ModelInfo] = {}  # (model, version): never changes
+        self._rng = random.Random()
+        self._mirror = Mirror(settings.mirror_max_pending)
         slots = settings.batch_slots
         self._batcher = Batcher(self._send, self._batch_limit, slots) if slots > 0 else None
 
-    def _version(self, model: str) -> str:
+    def _pinned_version(self, model: str) -> str:
         return self.settings.model_version if model == self.settings.model_name else ""
 
     # -- clients ---------------------------------------------------------------------------
@@ -110,12 +176,12 @@ class TritonGateway:
             with contextlib.suppress(Exception):  # closing a broken client must not raise
                 client.close()
 
-    def _call(self, model: str, fn):
+    def _call(self, model: str, fn, version: str = ""):
         """Run one client call about ``model``, translating failures into API errors."""
         try:
             return fn(self._client())
         except InferenceServerException as exc:
-            raise self._translate(exc, model) from exc
+            raise self._translate(exc, model, version) from exc
         except _TIMEOUT_ERRORS as exc:
             self._drop_client()
             raise ApiError(
@@ -130,110 +196,239 @@ class TritonGateway:
     def _unavailable(self, message: str) -> ApiError:
         return ApiError(503, "triton_unavailable", message, retry_after=self.settings.retry_after_s)
 
-    def _translate(self, exc: InferenceServerException, model: str) -> ApiError:
+    def _translate(self, exc: InferenceServerException, model: str, version: str) -> ApiError:
+        """Triton's HTTP status decides; the message only when it carries none."""
         text = str(exc.message() or exc)
-        lowered = text.lower()
-        if any(s in lowered for s in ("unknown model", "not ready", "unavailable", "not found")):
+        kind = classify(_status(exc), text)
+        if kind == "unavailable":
+            if version and "version" in text.lower():
+                return VersionGone(
+                    f"model {model!r} version {version} is not loaded: {text}",
+                    self.settings.retry_after_s,
+                )
             with self._lock:
-                self._info.pop(model, None)
+                self._routes.pop(model, None)
             return self._unavailable(f"model {model!r} is not ready: {text}")
-        if "timeout" in lowered or "deadline" in lowered:
+        if kind == "timeout":
             return ApiError(504, "triton_timeout", text)
         return ApiError(502, "triton_error", f"Triton refused the request: {text}")
 
     # -- health ----------------------------------------------------------------------------
     def model_ready(self, model: str) -> bool:
-        version = self._version(model)
+        version = self._pinned_version(model)
         return bool(self._call(model, lambda c: c.is_model_ready(model, version)))
 
-    # -- model information -----------------------------------------------------------------
+    # -- routing ---------------------------------------------------------------------------
     def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
-        info = self._info.get(model)
-        ttl = self.settings.model_info_ttl_s
-        if refresh or info is None or time.monotonic() - info.fetched_at > ttl:
-            with self._lock:
-                current = self._info.get(model)
-                if refresh or current is info:  # no other thread refreshed it meanwhile
-                    current = self._fetch_info(model)
-                    self._info[model] = current
-                info = current
+        """The serving version of ``model`` (what an answer without a canary comes from)."""
+        return self.route(model, newer_than=time.monotonic() if refresh else None).serving
+
+    def route(self, model: str, newer_than: float | None = None) -> Route:
+        """The model's routing, re-read when older than the TTL or than ``newer_than``."""
+        threshold = time.monotonic() - self.settings.model_info_ttl_s
+        if newer_than is not None:
+            threshold = max(threshold, newer_than)
+        route = self._routes.get(model)
+        if route is None or route.fetched_at <= threshold:
+            with self._lock:  # one re-read for all the requests that found it stale
+                route = self._routes.get(model)
+                if route is None or route.fetched_at <= threshold:
+                    route = self._routes[model] = self._fetch_route(model)
+        return route
+
+    def _fetch_route(self, model: str) -> Route:
+        fetched = time.monotonic()
+        config = self._call(model, lambda c: c.get_model_config(model))
+        params = config_parameters(config)
+        state, labels = Lifecycle.from_parameters(params), labels_from_parameters(params)
+        pinned = self._pinned_version(model)
+        if pinned.isdigit() and int(pinned) in labels:
+            return Route(self._remember(config, pinned, labels[int(pinned)], fetched), None)
+        if pinned or state is None or state.serving not in labels:
+            return Route(self._probe_labels(model, config, pinned, fetched), fetched_at=fetched)
+        serving = self._remember(config, str(state.serving), labels[state.serving], fetched)
+        candidate = None
+        if state.candidate is not None and state.candidate in labels:
+            candidate = self._remember(
+                config, str(state.candidate), labels[state.candidate], fetched
+            )
+        return Route(serving, candidate, state.mode, state.percent, fetched)
+
+    def _remember(
+        self, config: dict, version: str, labels: tuple[str, ...], fetched: float
+    ) -> ModelInfo:
+        info = _info_from_config(config, version, labels, fetched, pinned=True)
+        self._infos[(info.name, info.version)] = info
         return info
 
-    def _fetch_info(self, model: str) -> ModelInfo:
-        version = self._version(model)
-        meta = self._call(model, lambda c: c.get_model_metadata(model, version))
-        config = self._call(model, lambda c: c.get_model_config(model, version))
-        (inp,), (out,) = meta["inputs"], meta["outputs"]
-        shape = [int(d) for d in inp["shape"]]
-        if len(shape) != 4 or shape[-1] != 3:
-            raise ApiError(502, "unsupported_model", f"model input shape {shape} is not N×H×W×3")
-        partial = ModelInfo(
-            name=meta["name"],
-            version=version or max(meta.get("versions", ["1"]), key=int),
-            input_name=inp["name"],
-            input_dtype=inp["datatype"],
-            height=shape[1],
-            width=shape[2],
-            output_name=out["name"],
-            labels=(),
-            max_batch_size=int(config.get("max_batch_size", 0)) or 1,
-            fetched_at=time.monotonic(),
-        )
-        num_classes = int(out["shape"][-1])
-        return replace(partial, labels=self._labels(partial, num_classes))
-
-    def _labels(self, info: ModelInfo, num_classes: int) -> tuple[str, ...]:
-        """Label order from the model's labels file, via Triton's classification extension."""
-        probe = np.zeros((1, info.height, info.width, 3), dtype=_NP_TYPES[info.input_dtype])
-        result = self._infer_raw(info, probe, class_count=num_classes)
+    def _probe_labels(self, model: str, config: dict, version: str, fetched: float) -> ModelInfo:
+        """A repository without our parameters: the latest (or ``MODEL_VERSION``), with labels
+        from Triton's classification extension over the model's labels file."""
+        meta = self._call(model, lambda c: c.get_model_metadata(model, version), version)
+        served = version or max(meta.get("versions", ["1"]), key=int)
+        num_classes = int(meta["outputs"][0]["shape"][-1])
+        partial = _info_from_config(config, served, (), fetched, pinned=bool(version))
+        probe = np.zeros((1, partial.height, partial.width, 3), _NP_TYPES[partial.input_dtype])
+        result = self._infer_raw(partial, probe, class_count=num_classes)
         labels = [""] * num_classes
-        for entry in result.as_numpy(info.output_name).reshape(-1)[:num_classes]:
+        for entry in result.as_numpy(partial.output_name).reshape(-1)[:num_classes]:
             _score, index, *label = entry.decode().split(":", 2)
             labels[int(index)] = label[0] if label else index
-        return tuple(labels)
+        info = replace(partial, labels=tuple(labels))
+        self._infos[(info.name, info.version)] = info
+        return info
 
     # -- inference -------------------------------------------------------------------------
-    def _infer_raw(self, info: ModelInfo, batch: np.ndarray, class_count: int = 0):
-        tensor = httpclient.InferInput(info.input_name, list(batch.shape), info.input_dtype)
-        tensor.set_data_from_numpy(batch, binary_data=True)
-        output = httpclient.InferRequestedOutput(
-            info.output_name, binary_data=True, class_count=class_count
-        )
-        version = self._version(info.name)
-        with TRITON_LATENCY.time():
-            return self._call(
-                info.name,
-                lambda c: c.infer(info.name, [tensor], model_version=version, outputs=[output]),
-            )
-
     def infer(self, images: np.ndarray, model: str) -> tuple[np.ndarray, ModelInfo]:
-        """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size."""
+        """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size,
+        and the version that answered (its labels with it)."""
+        route = self.route(model)
+        for attempt in range(2):
+            info, role = self._choose(route)
+            started = time.perf_counter()
+            try:
+                probs, info = self._submit(info, images)
+            except VersionGone:
+                if attempt:
+                    raise
+                route = self.route(model, newer_than=route.fetched_at)
+                continue
+            _observe(info, role, started)
+            self._compare(route, role, images, probs, info)
+            return probs, info
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _choose(self, route: Route) -> tuple[ModelInfo, str]:
+        if route.candidate and route.mode == "canary" and self._rng.random() * 100 < route.percent:
+            return route.candidate, "canary"
+        return route.serving, "serving"
+
+    def _submit(self, info: ModelInfo, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+        key = (info.name, info.version, info.pinned, *images.shape[1:])
         if self._batcher is None:
-            return self._send((model,), images)
-        return self._batcher.submit((model, *images.shape[1:]), images)
+            return self._send(key, images)
+        return self._batcher.submit(key, images)
 
     def _batch_limit(self, key: tuple) -> int:
-        """Images per call: the model's ``max_batch_size`` (no network call: the batcher's lock
-        is held, and ``infer`` callers have read the model's information already)."""
-        info = self._info.get(key[0])
+        """Images per call: the version's ``max_batch_size`` (no network call: the batcher's
+        lock is held, and the caller read the routing already)."""
+        info = self._infos.get((key[0], key[1]))
         return info.max_batch_size if info else 1
 
     def _send(self, key: tuple, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
-        """One or more Triton calls (``max_batch_size`` images each) for the model ``key[0]``."""
-        model = key[0]
-        info = self.model_info(model)
+        """One or more Triton calls (``max_batch_size`` images each) for one version."""
+        info = self._infos[(key[0], key[1])]
         parts = []
         for start in range(0, len(images), info.max_batch_size):
             chunk = np.ascontiguousarray(images[start : start + info.max_batch_size])
             result = self._infer_raw(info, chunk.astype(_NP_TYPES[info.input_dtype], copy=False))
             served = str(result.get_response().get("model_version", info.version))
             if served != info.version:
-                # A new version went live: re-read shape and labels before answering with them.
-                info = self.model_info(model, refresh=True)
+                if info.pinned:
+                    raise ApiError(502, "triton_error", f"asked for version {info.version}, "
+                                   f"Triton answered with {served}")  # fmt: skip
+                # Not our repository: a new latest version went live; re-read its labels.
+                info = self.route(info.name, newer_than=info.fetched_at).serving
                 if (chunk.shape[1], chunk.shape[2]) != info.size:
                     raise self._unavailable("the model changed during the request; retry")
             parts.append(result.as_numpy(info.output_name))
         return np.concatenate(parts), info
+
+    def _infer_raw(self, info: ModelInfo, batch: np.ndarray, class_count: int = 0):
+        tensor = httpclient.InferInput(info.input_name, list(batch.shape), info.input_dtype)
+        tensor.set_data_from_numpy(batch, binary_data=True)
+        output = httpclient.InferRequestedOutput(
+            info.output_name, binary_data=True, class_count=class_count
+        )
+        version = info.version if info.pinned else ""
+        with TRITON_LATENCY.time():
+            return self._call(
+                info.name,
+                lambda c: c.infer(info.name, [tensor], model_version=version, outputs=[output]),
+                version,
+            )
+
+    # -- live comparison of the candidate ------------------------------------------------------
+    def _compare(
+        self, route: Route, role: str, images: np.ndarray, probs: np.ndarray, info: ModelInfo
+    ) -> None:
+        """Ask the other version the same question in the background and count agreement."""
+        if route.candidate is None:
+            return
+        if role == "canary":
+            other, other_role = route.serving, "reference"
+        elif route.mode == "shadow" and self._rng.random() * 100 < route.percent:
+            other, other_role = route.candidate, "shadow"
+        else:
+            return
+
+        def call() -> None:
+            started = time.perf_counter()
+            try:
+                other_probs, answered = self._submit(other, images)
+            except ApiError:
+                MIRROR_SKIPPED.labels(info.name, "failed").inc()
+                return
+            _observe(answered, other_role, started)
+            pairs = [(info, probs), (answered, other_probs)]
+            (s_info, s_probs), (c_info, c_probs) = pairs if role == "serving" else pairs[::-1]
+            outcomes = compare_top1(s_info.labels, c_info.labels, s_probs, c_probs)
+            for outcome, count in outcomes.items():
+                COMPARISONS.labels(info.name, s_info.version, c_info.version, outcome).inc(count)
+
+        if not self._mirror.submit(call):
+            MIRROR_SKIPPED.labels(info.name, "busy").inc()
+
+
+def classify(status: int | None, text: str) -> str:
+    """``unavailable`` | ``timeout`` | ``error`` for a Triton failure: by HTTP status when there
+    is one (404 unknown model/version, 503 not ready), else by the message's words."""
+    if status is not None:
+        if status in (404, 503):
+            return "unavailable"
+        if status in (408, 504):
+            return "timeout"
+        return "error"
+    lowered = text.lower()
+    if any(s in lowered for s in ("unknown model", "not ready", "unavailable", "not found")):
+        return "unavailable"
+    if "timeout" in lowered or "deadline" in lowered:
+        return "timeout"
+    return "error"
+
+
+def _status(exc: InferenceServerException) -> int | None:
+    try:
+        return int(exc.status())
+    except (TypeError, ValueError):
+        return None
+
+
+def _observe(info: ModelInfo, role: str, started: float) -> None:
+    MODEL_REQUESTS.labels(info.name, info.version, role).inc()
+    MODEL_LATENCY.labels(info.name, info.version, role).observe(time.perf_counter() - started)
+
+
+def _info_from_config(
+    config: dict, version: str, labels: tuple[str, ...], fetched: float, pinned: bool
+) -> ModelInfo:
+    (inp,), (out,) = config["input"], config["output"]
+    dims = [int(d) for d in inp["dims"]]
+    if len(dims) != 3 or dims[-1] != 3:
+        raise ApiError(502, "unsupported_model", f"model input shape {dims} is not H×W×3")
+    return ModelInfo(
+        name=config["name"],
+        version=version,
+        input_name=inp["name"],
+        input_dtype=inp["data_type"].removeprefix("TYPE_"),
+        height=dims[0],
+        width=dims[1],
+        output_name=out["name"],
+        labels=labels,
+        max_batch_size=int(config.get("max_batch_size", 0)) or 1,
+        fetched_at=fetched,
+        pinned=pinned,
+    )
 
 
 _SHARED_CONNECTIONS = 16  # per gevent worker: calls in flight at once (batching keeps it few)
