@@ -23,14 +23,14 @@ V1 = "/usr/bin/docker-compose" if Path("/usr/bin/docker-compose").exists() else 
 COMPOSERS = [pytest.param(V2, id="compose-v2")] + (
     [pytest.param(V1, id="compose-v1")] if V1 else []
 )
-SERVICES = ("model-init", "triton", "api", "model-preparation")
+SERVICES = ("model-init", "triton", "api", "model-preparation", "modelctl")
 
 
 def render(binary: str, *files: str, env: dict | None = None) -> dict:
     args = [a for f in files for a in ("-f", f)]
     clean = {k: v for k, v in os.environ.items() if not k.endswith(("_IMAGE", "_PORT", "_KEYS"))}
     out = subprocess.run(
-        [binary, *args, "--profile", "train", "config"],
+        [binary, *args, "--profile", "train", "--profile", "ops", "config"],
         cwd=REPO, capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -66,8 +66,8 @@ def test_every_service_runs_with_least_privilege(binary):
         assert _bytes(s["mem_limit"]) >= 256 << 20, name
         assert s.get("cap_add", []) in ([], ["SETUID", "SETGID"]), name
     assert services["triton"]["user"] == "triton-server"
-    (models,) = services["triton"]["volumes"]  # v2: a mapping; v1: "src:/models:ro"
-    assert models["read_only"] is True if isinstance(models, dict) else models.endswith(":ro")
+    for mount in services["triton"]["volumes"]:  # v2: a mapping; v1: "src:/models:ro"
+        assert mount["read_only"] is True if isinstance(mount, dict) else mount.endswith(":ro")
     api_dockerfile = (REPO / "services/api/Dockerfile").read_text()
     assert "USER 10001" in api_dockerfile
 
@@ -78,6 +78,23 @@ def test_triton_control_endpoints_are_restricted(binary):
     command = command.replace("$$", "$")  # v2 keeps the escape in its rendering, v1 does not
     for flag in ("--http-restricted-api=", "--grpc-restricted-protocol="):
         assert f'{flag}"logging,trace,model-repository:admin-key=$key"' in command
+
+
+@pytest.mark.parametrize("binary", COMPOSERS)
+def test_triton_runs_explicit_model_control_and_only_control_containers_get_the_key(binary):
+    services = render(binary, "docker-compose.yml")
+    command = " ".join(services["triton"]["command"])
+    assert "--model-control-mode=explicit --load-model=*" in command and "poll" not in command
+
+    def mounts(name: str) -> set[str]:
+        volumes = services[name].get("volumes", [])
+        return {v["target"] if isinstance(v, dict) else v.split(":")[1] for v in volumes}
+
+    assert "/run/imgcls-control" in mounts("triton") & mounts("modelctl") & mounts("model-init")
+    assert "/run/imgcls-control" not in mounts("api")  # the network-facing API never has it
+    ctl = services["modelctl"]
+    assert ctl["profiles"] == ["ops"] and ctl["entrypoint"][-2:] == ["-m", "imgcls.lifecycle"]
+    assert ctl["environment"]["TRITON_URL"] == "triton:8000"
 
 
 @pytest.mark.parametrize("binary", COMPOSERS)

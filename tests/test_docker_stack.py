@@ -37,6 +37,13 @@ DOCKER_PARAMS = {
     "export": {"parity_samples": 4},
     "quantize": {"calibration_images": 8, "min_agreement": 0.0},
     "publish": {"max_batch_size": 8},
+    # a one-epoch model is near chance: let the gate pass it (the gate is tested elsewhere)
+    "lifecycle": {
+        "min_accuracy": 0.0,
+        "max_accuracy_drop": 1.0,
+        "min_agreement": 0.0,
+        "min_comparisons": 0,
+    },
 }
 
 
@@ -232,14 +239,27 @@ def test_second_up_reuses_the_model(stack):
     assert "has a complete model: reusing it" in logs
 
 
-def test_train_profile_retrains_and_triton_serves_it_without_a_restart(stack):
+def test_retrain_then_promote_and_roll_back_without_restarting_triton(stack):
+    """The train profile publishes version 2 as a candidate, shadowed on live traffic; modelctl
+    promotes it (every answer then comes from version 2) and rolls it back, Triton untouched."""
     before = _predict_readme_image(stack)
+    assert before["model"]["version"] == "1"
     started = _inspect(stack, "triton")["State"]["StartedAt"]
     _set_params(stack["checkout"], {"train": {"seed": 7}})
-    _compose(stack, "--profile", "train", "run", "--rm", "model-preparation", timeout=900)
-    deadline = time.monotonic() + 60  # Triton polls the repository every 10 s
-    while (after := _predict_readme_image(stack))["predictions"] == before["predictions"]:
-        assert time.monotonic() < deadline, "Triton still serves the old model"
-        time.sleep(2)
+    retrain = _compose(stack, "--profile", "train", "run", "--rm", "model-preparation", timeout=900)
+    assert "resnet50v2 version 2 (new): candidate" in retrain.stdout, retrain.stdout[-3000:]
+    assert "version 2 is the shadow candidate" in retrain.stdout
+    assert _predict_readme_image(stack)["model"]["version"] == "1"  # users: still version 1
+
+    status = _compose(stack, "--profile", "ops", "run", "--rm", "modelctl", "status").stdout
+    assert "candidate 2 shadows 100 % of requests" in status, status
+    promoted = _compose(stack, "--profile", "ops", "run", "--rm", "modelctl", "promote").stdout
+    assert "resnet50v2: version 2 serves all traffic (was 1" in promoted, promoted
+    after = [_predict_readme_image(stack)["model"]["version"] for _ in range(5)]
+    assert after == ["2"] * 5
+
+    back = _compose(stack, "--profile", "ops", "run", "--rm", "modelctl", "rollback").stdout
+    assert "resnet50v2: version 1 serves all traffic (was 2)" in back, back
+    assert _predict_readme_image(stack) == before
     assert _inspect(stack, "triton")["State"]["StartedAt"] == started
-    assert after["model"] == before["model"]
+    assert (stack["checkout"] / "model_repository/resnet50v2/2/model.onnx").stat().st_uid == OWNER

@@ -12,7 +12,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 
@@ -20,8 +19,6 @@ from imgcls.preprocessing import load_image
 from local_stack.api import ApiServer
 from local_stack.triton import TritonServer
 from model_preparation.onnx_utils import session
-from model_preparation.publish import publish_model
-from tests.models import publish_params, tiny_onnx
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 LOAD_SECONDS = float(os.environ.get("LOAD_TEST_SECONDS", "20"))
@@ -37,10 +34,10 @@ def _files(project: Path, n: int = 6) -> list[Path]:
 
 @pytest.fixture()
 def own_stack(model_repository, tmp_path):
-    """A private Triton (poll mode, on a copy of the repository) + API that a test may break."""
+    """A private Triton (on a copy of the repository) + API that a test may break."""
     repo = tmp_path / "repo"
     shutil.copytree(model_repository, repo)
-    triton = TritonServer(repo, workdir=tmp_path / "triton", poll_secs=1)
+    triton = TritonServer(repo, workdir=tmp_path / "triton")
     api = ApiServer(triton.url, workdir=tmp_path / "api", env={"MODEL_INFO_TTL_S": "1"})
     try:
         triton.start()
@@ -92,45 +89,10 @@ def test_killing_triton_under_load_gives_fast_503s_and_the_api_recovers(own_stac
     assert resp.json()["label"] in {"circle", "square", "triangle"}
 
 
-def test_a_new_model_version_is_picked_up_with_its_labels_and_shape(
-    own_stack, tiny_project, tmp_path
-):
-    repo, _triton, api = own_stack
-    image = _files(tiny_project, 3)[0].read_bytes()
-    first = requests.post(f"{api.url}/predict", files={"image": image}, timeout=30).json()
-    assert first["model"]["version"] == "1" and len(first["predictions"]) == 3
-
-    # Version 2: another graph, 4 classes and a 32×32 input, released the way the publish
-    # stage releases one: config.pbtxt and labels.txt rewritten from the new graph.
-    new_model = tiny_onnx(tmp_path / "v2.onnx", classes=4, size=32)
-    publish_model(
-        "resnet50v2",
-        new_model,
-        ["red", "green", "blue", "other"],
-        repo,
-        publish_params(version=2, max_batch_size=16),
-    )
-    assert "dims: [ 32, 32, 3 ]" in (repo / "resnet50v2/config.pbtxt").read_text()
-
-    deadline = time.monotonic() + 30
-    while True:
-        body = requests.post(f"{api.url}/predict", files={"image": image}, timeout=30).json()
-        if body.get("model", {}).get("version") == "2":
-            break
-        assert time.monotonic() < deadline, f"version 2 never served: {body}"
-        time.sleep(0.5)
-    expected = session(new_model).run(None, {"image": load_image(image, 32)[None]})[0][0]
-    got = {p["label"]: p["probability"] for p in body["predictions"]}
-    assert set(got) == {"red", "green", "blue", "other"}
-    np.testing.assert_allclose(
-        [got[k] for k in ("red", "green", "blue", "other")], expected, atol=1e-5
-    )
-
-
 def test_bounded_load_has_no_errors_and_every_answer_is_correct(api, tiny_project, capsys):
     """16 concurrent clients for LOAD_TEST_SECONDS on loopback; p50/p99 are printed."""
     sess = session(tiny_project / "model_repository/resnet50v2/1/model.onnx")
-    labels = (tiny_project / "model_repository/resnet50v2/labels.txt").read_text().split()
+    labels = (tiny_project / "model_repository/resnet50v2/1/labels.txt").read_text().split()
     files = _files(tiny_project, 6)
     payloads = [p.read_bytes() for p in files]
     expected = [

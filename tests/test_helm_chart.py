@@ -131,3 +131,50 @@ def test_api_keys_come_from_a_mounted_secret(default):
     env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
     assert env["API_KEYS_FILE"] == "/run/secrets/imgcls/api_keys" and "API_KEYS" not in env
     assert {"name": "api-keys", "secret": {"secretName": "imgcls-keys"}} in api["volumes"]
+
+
+def test_triton_runs_explicit_model_control(default):
+    args = _pod(default, "triton")["containers"][0]["args"][0]
+    assert "--model-control-mode=explicit --load-model=*" in args and "poll" not in args
+    assert not any(m["kind"] == "Job" for m in default)  # no lifecycle action: no Job
+
+
+LIFECYCLE = [GIT, "triton.adminKeySecret=imgcls-admin"]
+
+
+def test_a_canary_share_is_a_value_applied_by_a_hook_job():
+    rendered = chartcheck.render(sets=[*LIFECYCLE, "lifecycle.action=canary",
+                                       "lifecycle.version=3", "lifecycle.percent=25"])  # fmt: skip
+    chartcheck.validate(rendered)
+    job = next(m for m in rendered if m["kind"] == "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][1:] == ["lifecycle", "canary", "3", "--percent=25"]
+    assert "python -m imgcls.lifecycle" in container["args"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "imgcls-admin"
+    assert env["TRITON_URL"]["value"] == "test-imgcls-triton:8000"
+    assert {"name": "models", "mountPath": "/models"} in container["volumeMounts"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    promote = chartcheck.render(
+        sets=[*LIFECYCLE, "lifecycle.action=promote", "lifecycle.force=true"]
+    )
+    args = next(m for m in promote if m["kind"] == "Job")["spec"]["template"]["spec"]
+    assert args["containers"][0]["args"][1:] == ["lifecycle", "promote", "--force"]
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["lifecycle.action=canary", "lifecycle.percent=150"], "maximum: got 150, want 100"),
+        (["lifecycle.action=canary", "lifecycle.percent=-5"], "minimum: got -5, want 0"),
+        (["lifecycle.action=bluegreen"], "lifecycle/action"),
+        (["lifecycle.action=promote", "triton.adminKeySecret="], "needs triton.adminKeySecret"),
+    ],
+    ids=["over-100", "negative", "unknown-action", "no-admin-key"],
+)
+def test_bad_lifecycle_values_are_refused_at_render(sets, message):
+    with pytest.raises(RuntimeError, match=message):
+        chartcheck.render(sets=[*LIFECYCLE, *sets])

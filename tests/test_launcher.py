@@ -70,7 +70,7 @@ def make_up(model_repository, tmp_path):
     ports = [free_port() for _ in range(4)]
     up_args = (
         f"--http-port {ports[0]} --grpc-port {ports[1]} --metrics-port {ports[2]} "
-        f"--api-port {ports[3]} --logs {tmp_path / 'logs'}"
+        f"--api-port {ports[3]} --logs {tmp_path / 'logs'} --admin-key-file {tmp_path / 'key'}"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
     proc = subprocess.Popen(

@@ -37,7 +37,7 @@ def _post(api, files=None, **kwargs) -> requests.Response:
 
 def test_api_predictions_equal_in_process_onnxruntime(api, tiny_project):
     sess = session(tiny_project / "model_repository/resnet50v2/1/model.onnx")
-    labels = (tiny_project / "model_repository/resnet50v2/labels.txt").read_text().split()
+    labels = (tiny_project / "model_repository/resnet50v2/1/labels.txt").read_text().split()
     for path in _sample_files(tiny_project):
         resp = _post(api, files={"image": path.read_bytes()})
         assert resp.status_code == 200, resp.text
@@ -199,7 +199,7 @@ def test_concurrent_requests_each_get_their_own_answer(
     sess = session(tiny_project / "model_repository/resnet50v2/1/model.onnx")
     paths = _sample_files(tiny_project, 4)
     expected = {p: sess.run(None, {"image": load_image(p, 48)[None]})[0][0] for p in paths}
-    labels = (tiny_project / "model_repository/resnet50v2/labels.txt").read_text().split()
+    labels = (tiny_project / "model_repository/resnet50v2/1/labels.txt").read_text().split()
     env = {"WEB_CONCURRENCY": "1", "API_WORKER_CLASS": worker_class}
 
     def check(path: Path) -> None:
@@ -298,7 +298,7 @@ def test_the_model_meets_tritons_example_image_client(triton, tiny_project):
     (inp,), (out,) = meta["inputs"], meta["outputs"]
     assert config["max_batch_size"] > 0 and len(inp["shape"]) == 4
     assert config["input"][0]["format"] == "FORMAT_NHWC"
-    assert sum(d > 1 for d in out["shape"][1:]) == 1
+    assert sum(d > 1 for d in out["shape"][1:]) <= 1  # image_client: "expecting a vector"
     _, h, w, c = inp["shape"]
     assert c == 3
     image = load_image(_sample_files(tiny_project, 1)[0], (h, w))[None]

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from imgcls.contract import LOCAL_ADMIN_KEY_FILE
+
 from .api import ApiServer
 from .procs import log_tail
 from .triton import TritonServer
@@ -26,7 +28,12 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--api-port", type=int, default=5000)
     parser.add_argument("--logs", type=Path, default=Path(".cache/logs"))
-    parser.add_argument("--poll-secs", type=int, default=5, help="model repository poll interval")
+    parser.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=LOCAL_ADMIN_KEY_FILE,
+        help="where Triton's admin key is left for `make canary/promote/rollback` (0600)",
+    )
     return parser.parse_args()
 
 
@@ -55,7 +62,7 @@ def main() -> int:
         args.grpc_port,
         args.metrics_port,
         workdir=args.logs / "triton",
-        poll_secs=args.poll_secs,
+        admin_key_file=args.admin_key_file,  # for `make canary/promote/rollback`
     )
     api = ApiServer(triton.url, args.api_port, workdir=args.logs / "api")
     try:

@@ -18,11 +18,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from imgcls.contract import RESTRICTED_APIS
+
 from .procs import ManagedProcess, client_address, free_port
 
 _BACKENDS_SRC = Path(__file__).parent / "backends"
-# Control endpoints the API never uses: they need the ``admin-key`` header (security, README).
-RESTRICTED = "logging,trace,model-repository"
 
 
 def pytriton_root() -> Path:
@@ -75,20 +75,22 @@ class TritonServer(ManagedProcess):
         grpc_port: int | None = None,
         metrics_port: int | None = None,
         workdir: Path | None = None,
-        poll_secs: int = 0,
         env: dict[str, str] | None = None,
         host: str = "127.0.0.1",
         exit_timeout: int = 3,
         admin_key: str | None = None,
+        admin_key_file: Path | None = None,
     ) -> None:
+        """``admin_key_file``: where to leave the admin key for the lifecycle commands (mode
+        0600, removed at stop); without it only this object and TRITON_ADMIN_KEY know it."""
         super().__init__(workdir, env)
         # TRITON_ADMIN_KEY gives an operator the control endpoints; without it nobody has them.
         self.admin_key = admin_key or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(24)
+        self.admin_key_file = admin_key_file
         self.model_repository = Path(model_repository).resolve()
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
         self.metrics_port = metrics_port or free_port()
-        self.poll_secs = poll_secs
         self.host = host
         self.exit_timeout = exit_timeout
 
@@ -114,19 +116,32 @@ class TritonServer(ManagedProcess):
             "--backend-config=python,shm-default-byte-size=16777216",
             # Keep-alive clients (the API) would otherwise hold a SIGTERM for 30 s.
             f"--exit-timeout-secs={self.exit_timeout}",
-            f"--http-restricted-api={RESTRICTED}:admin-key={self.admin_key}",
-            f"--grpc-restricted-protocol={RESTRICTED}:admin-key={self.admin_key}",
+            f"--http-restricted-api={RESTRICTED_APIS}:admin-key={self.admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:admin-key={self.admin_key}",
+            # Explicit model control: every model at start, in the versions its config.pbtxt
+            # names; afterwards only the lifecycle commands (load API, admin key) change them.
+            "--model-control-mode=explicit",
+            "--load-model=*",
         ]
         cmd += [f"--{svc}-address={self.host}" for svc in ("http", "grpc", "metrics")]
-        if self.poll_secs:
-            cmd += ["--model-control-mode=poll", f"--repository-poll-secs={self.poll_secs}"]
         return cmd
 
     def start(self, timeout: float = 90.0) -> TritonServer:
         """Start and wait until ``/v2/health/ready`` (every model loaded) answers 200."""
+        if self.admin_key_file is not None:
+            self.admin_key_file.parent.mkdir(parents=True, exist_ok=True)
+            self.admin_key_file.unlink(missing_ok=True)
+            fd = os.open(self.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.admin_key + "\n")
         self.spawn(self.command(), server_env(self.extra_env))
         self.wait_for(f"http://{self.url}/v2/health/ready", timeout)
         return self
+
+    def stop(self, grace: float = 15.0) -> None:
+        super().stop(grace)
+        if self.admin_key_file is not None:
+            self.admin_key_file.unlink(missing_ok=True)
 
     def __enter__(self) -> TritonServer:
         return self.start() if not self.running else self
