@@ -27,6 +27,10 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path):
             "API front alone (no model: answers from memory)"} <= names  # fmt: skip
     assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in bench["rows"])
     assert bench["limit_img_per_s"] > 0 and bench["cold_start"]["stack_ready_s"] > 0
+    promote = bench["lifecycle"]  # a promote under load: measured, and not one error
+    assert promote["errors"] == 0 and promote["steady"]["requests"] > 0, promote
+    assert promote["during_promote"]["requests"] > 0 and promote["promote_command_s"] > 0
+    assert "### Promote under load" in (out / "bench.md").read_text()
     # The overhead column is the formula on numbers of this run, for every served row.
     decode, infer = bench["decode_ms"], bench["inference_ms"]
     assert decode > 0 and infer["fp32"] > 0 and infer["int8"] > 0

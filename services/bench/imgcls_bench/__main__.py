@@ -6,7 +6,8 @@ The headline is the served model's size (``prepare.image_size`` in ``params.yaml
 (real photos). Per size: preprocessing; the in-process ONNX Runtime limit (FP32, INT8); Triton
 direct (dynamic batching on/off); the API end to end (FP32, INT8, other instance layouts, its own
 batching off); the peers (original-style Flask, BentoML and Ray Serve when the optional bench
-environment exists); ONNX Runtime vs Keras; cold start. Every row that serves JPEGs shows its
+environment exists); ONNX Runtime vs Keras; cold start; a promote under load (latency during
+it against steady state, time until all traffic is on the new version). Every row that serves JPEGs shows its
 **serving overhead**: server CPU per image − JPEG decode − in-process inference, both measured in
 the same run. Writes ``bench.json``, ``bench.md`` and a chart per size.
 """
@@ -33,6 +34,7 @@ from local_stack.triton import TritonServer
 from model_preparation.demo_data import render
 
 from . import report
+from .lifecycle import promote_under_load
 from .measure import Row, closed_loop
 from .serving import peers_available, serving_rows
 
@@ -187,6 +189,11 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
     ctx = {"work": work, "size": size, "jpeg": jpegs["640x480"], "fp32": built["fp32"]}
     served = serving_rows(Path(built["repository"]), conc, secs, ctx,
                           peers_available() and not args.skip_peers)  # fmt: skip
+    if headline:
+        _log(f"{size}²: a promote under load")
+        out["lifecycle"] = promote_under_load(Path(built["repository"]), Path(built["fp32"]),
+                                              jpegs["640x480"], work, secs,
+                                              clients=4 if args.quick else 16)  # fmt: skip
     if not args.quick:
         _log(f"{size}²: ONNX Runtime vs Keras (tf.function)")
         out["onnxruntime_vs_keras"] = _keras_vs_ort(built, size, secs)

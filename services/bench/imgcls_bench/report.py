@@ -176,6 +176,10 @@ def _render_run(run: dict, result: dict) -> str:
                       f"(×{k['ratio_bs1']}); bs8 {k['onnxruntime_bs8']} vs {k['keras_tf_function_bs8']} img/s (×{k['ratio_bs8']})."]  # fmt: skip
     if "cold_start" in run:
         lines += ["", f"Cold start (launch → Triton + API ready): {run['cold_start']}"]
+    if "lifecycle" in run:
+        from .lifecycle import render as render_lifecycle
+
+        lines += ["", render_lifecycle(run["lifecycle"])]
     lines += ["", "Targets measured in this run: " + json.dumps(run["targets"]), ""]
     return "\n".join(lines) + "\n"
 
