@@ -252,7 +252,8 @@ class Controller:
         p, reasons = self.params, []
         candidate, serving = model.version(number), model.version(state.serving)
         if candidate.accuracy is None:
-            reasons.append("no held-out accuracy recorded for it")
+            if p.min_accuracy > 0:
+                reasons.append("no held-out accuracy recorded for it")
         else:
             if candidate.accuracy < p.min_accuracy:
                 reasons.append(
