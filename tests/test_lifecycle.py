@@ -55,7 +55,9 @@ class Stack:
     def cli(self, *args: str) -> subprocess.CompletedProcess:
         """`python -m imgcls.lifecycle` as an operator runs it against this stack."""
         cmd = [sys.executable, "-m", "imgcls.lifecycle", "--repository", str(self.repo),
-               "--triton-url", self.triton.url, "--api-url", self.api.url, *args]  # fmt: skip
+               "--triton-url", self.triton.url,
+               "--triton-grpc-url", f"127.0.0.1:{self.triton.grpc_port}",
+               "--api-url", self.api.url, *args]  # fmt: skip
         env = {**os.environ, "TRITON_ADMIN_KEY": KEY, "PARAMS_FILE": str(self.params)}
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
 

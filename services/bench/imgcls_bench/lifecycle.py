@@ -109,7 +109,8 @@ def promote_under_load(
         TritonServer(repo, workdir=work / "lifecycle-triton", admin_key=key) as triton,
         ApiServer(triton.url, workdir=work / "lifecycle-api") as api,
     ):
-        ctl = Controller(repo, TritonControl(triton.url, key), [api.url], NO_GATE, say=_quiet)
+        control = TritonControl(triton.url, key, grpc_url=f"127.0.0.1:{triton.grpc_port}")
+        ctl = Controller(repo, control, [api.url], NO_GATE, say=_quiet)
         with _Clients(f"{api.url}/predict", jpeg, clients, limit_s=seconds * 4 + 120) as load:
             ctl.start_candidate("canary", 2, 10)
             _wait(lambda: any(a.version == "2" for a in load.answers), 30)

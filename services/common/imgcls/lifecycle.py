@@ -404,6 +404,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
     parser.add_argument("--triton-url", default=os.environ.get("TRITON_URL", "127.0.0.1:8000"))
     parser.add_argument(
+        "--triton-grpc-url",
+        default=os.environ.get("TRITON_GRPC_URL"),
+        help="Triton's gRPC endpoint, for loads (default: the HTTP host, port 8001)",
+    )
+    parser.add_argument(
         "--admin-key-file",
         type=Path,
         default=None,
@@ -444,7 +449,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     api_urls = args.api_url or [os.environ.get("API_URL", "http://127.0.0.1:5000")]
-    control = TritonControl(args.triton_url, admin_key(args.admin_key_file))
+    control = TritonControl(
+        args.triton_url, admin_key(args.admin_key_file), grpc_url=args.triton_grpc_url
+    )
     ctl = Controller(args.repository, control, api_urls)
     try:
         if args.command == "status":

@@ -138,7 +138,11 @@ def _after_publish(receipt: dict) -> None:
     if mode == "none":
         say("the new version serves nobody yet: `make canary` or `make shadow` starts it")
         return
-    control = TritonControl(os.environ.get("TRITON_URL", "127.0.0.1:8000"), admin_key())
+    control = TritonControl(
+        os.environ.get("TRITON_URL", "127.0.0.1:8000"),
+        admin_key(),
+        grpc_url=os.environ.get("TRITON_GRPC_URL"),
+    )
     if not control.reachable():
         say(f"no Triton answers at {control.base}: the new version waits; after `make up`, "
             f"`make {mode}` starts it")  # fmt: skip
