@@ -92,11 +92,17 @@ def test_each_publish_adds_the_next_version_as_a_candidate_and_rewrites_nothing(
     assert [e["event"] for e in ModelDir(repo, "m").history()] == ["publish", "publish"]
 
 
-def test_publishing_the_same_model_again_adds_nothing(tmp_path):
+def test_publishing_a_model_that_is_on_disk_already_adds_nothing(tmp_path):
     repo, model = tmp_path / "repo", tiny_onnx(tmp_path / "a.onnx")
     publish_model("m", model, ["a", "b", "c"], repo, publish_params())
     again = publish_model("m", model, ["a", "b", "c"], repo, publish_params())
     assert again["new"] is False and ModelDir(repo, "m").versions() == [1]
+    publish_model(
+        "m", tiny_onnx(tmp_path / "b.onnx", scale=2.0), list("abc"), repo, publish_params()
+    )
+    back = publish_model("m", model, ["a", "b", "c"], repo, publish_params())  # data put back
+    assert (back["version"], back["new"], back["role"]) == (1, False, "serving")
+    assert ModelDir(repo, "m").versions() == [1, 2]
 
 
 def test_old_versions_are_pruned_but_never_what_serves(tmp_path):

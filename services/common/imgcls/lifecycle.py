@@ -180,10 +180,14 @@ class Controller:
             )
         self._apply(changes, event=mode)
         for model, state in changes:
-            what = "get its answer" if mode == "canary" else "are also sent to it"
+            what = (
+                f"get its answer (version {state.serving} answers the rest)"
+                if mode == "canary"
+                else f"are also sent to it (users get version {state.serving}'s answers)"
+            )
             self.say(
                 f"{model.name}: version {state.candidate} is the {mode} candidate: {share:g} % of "
-                f"requests {what} (version {state.serving} answers the rest)"
+                f"requests {what}"
             )
 
     def promote(self, version: int | None, force: bool, names: Sequence[str] = ()) -> None:

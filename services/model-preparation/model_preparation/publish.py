@@ -8,7 +8,7 @@ under a hidden name and renamed into place in one step, never over a file Triton
 one (another size or tensor name is another model: change ``model_name``). The served file is the
 verified artifact with its class dimension made variable (one config serves versions with
 different numbers of classes) and its labels in the ONNX metadata; its outputs are checked equal to
-the artifact's. Re-running the stage on the same model adds nothing. The repository is versioned by
+the artifact's. A model that is on disk already (a rerun, data put back) adds nothing. The repository is versioned by
 ``model.dvc`` (``make model`` commits it), see README "Changing the model in production".
 """
 
@@ -124,9 +124,13 @@ def publish_model(
         if state is not None:
             target.check_compatible(serving.input, serving.output, f"the new {model}")
         source = md5sum(model)
-        newest = target.version(target.versions()[-1]) if state and target.versions() else None
-        if newest and newest.source.get("md5") == source and list(newest.labels) == labels:
-            version, added = newest, False
+        same = [
+            v
+            for v in map(target.version, target.versions() if state else [])
+            if v.source.get("md5") == source and list(v.labels) == labels
+        ]
+        if same:  # this very model is on disk already (a rerun, or data put back): no new version
+            version, added = same[-1], False
         else:
             with tempfile.TemporaryDirectory(prefix="imgcls-publish-") as tmp:
                 served = Path(tmp) / "model.onnx"
