@@ -12,7 +12,7 @@ from tests.conftest import run
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_bench_measures_prepare_and_train(tmp_path):
+def test_pipeline_bench_measures_prepare_train_and_export(tmp_path):
     out = tmp_path / "results"
     cmd = [
         sys.executable,
@@ -41,6 +41,9 @@ def test_pipeline_bench_measures_prepare_and_train(tmp_path):
     assert [r["cache"] for r in result["train"]] == ["none", "memory"]
     assert all(r["images_per_s"] > 0 and r["peak_rss_mb"] > 100 for r in result["train"])
     assert result["summary"]["size_ratio"] == 4
+    export = result["export"]  # the export of the model trained last, measured
+    assert export["seconds"] > 0 and export["peak_rss_mb"] > 100
+    assert "export_within_3072_mb" in result["goals"]
     assert "| train.cache | img/s | peak RSS MB |" in printed
     assert (out / "pipeline.md").read_text() in printed
     # the generated photos are reused, the scratch projects removed

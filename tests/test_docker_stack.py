@@ -208,6 +208,8 @@ def test_only_the_api_is_published_and_every_service_is_hardened(stack):
         assert "no-new-privileges:true" in host["SecurityOpt"], service
         assert host["ReadonlyRootfs"] is True, service
         assert host["Memory"] > 0, service
+    # the pipeline (export included) ran to the end inside a 4 GB container
+    assert _inspect(stack, "model-init")["HostConfig"]["Memory"] == 4 << 30
     assert not _inspect(stack, "triton")["HostConfig"]["PortBindings"]
     assert list(_inspect(stack, "api")["HostConfig"]["PortBindings"]) == ["5000/tcp"]
 

@@ -39,7 +39,6 @@ def build_models(out: Path, size: int) -> None:
     FP32 ONNX, static QDQ INT8 ONNX; Triton models: as served (params.yaml ``publish``), with
     batching off, as one instance using every core, as two single-thread instances, and INT8."""
     import keras
-    import onnx
 
     from model_preparation import int8 as int8_module
     from model_preparation.common import load_params, parse_settings
@@ -55,7 +54,7 @@ def build_models(out: Path, size: int) -> None:
         keras.utils.set_random_seed(0)
         model = build_model(size, len(LABELS))
         model.save(keras_path)
-        onnx.save(convert(model, size, 17), str(fp32))
+        convert(keras_path, size, 17, fp32)
     int8 = out / "int8.onnx"
     recipe = hashlib.sha256(Path(int8_module.__file__).read_bytes()).hexdigest()
     stamp = out / "int8.recipe"  # rebuild when the recipe changes

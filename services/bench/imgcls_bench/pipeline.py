@@ -7,7 +7,10 @@ then runs the pipeline's own stage commands in a scratch project and measures th
 - ``prepare`` at each dataset size on every core, and at the largest size pinned to one core:
   images/s and the peak RSS of the whole process tree (the pool's workers included);
 - ``train`` on the smallest prepared set with each ``train.cache`` mode: training images/s (the
-  last epoch, so tracing is excluded) and peak RSS.
+  last epoch, so tracing is excluded) and peak RSS;
+- ``export`` of the model trained last (Keras → ONNX, the parity check included): seconds and the
+  peak RSS of its process tree (its conversion runs in child processes), against
+  ``EXPORT_LIMIT_MB``.
 Writes ``pipeline.json`` and ``pipeline.md`` under ``--out``.
 """
 
@@ -33,6 +36,7 @@ import yaml
 from model_preparation.demo_data import render
 
 CLASSES = ("circle", "square", "triangle")
+EXPORT_LIMIT_MB = 3 * 1024  # the export must fit a small container (compose: TRAIN_MEM_LIMIT)
 CACHE = Path(".cache/bench-pipeline")
 REPO = Path(__file__).resolve().parents[3]
 
@@ -175,6 +179,12 @@ class TrainRow:
     peak_rss_mb: float
 
 
+@dataclass
+class ExportRow:
+    seconds: float
+    peak_rss_mb: float
+
+
 def bench_prepare(raw: Path, work: Path, params: dict, cpus: set[int]) -> PrepareRow:
     project = scratch_project(work, raw, params)
     m = measure([sys.executable, "-m", "model_preparation.prepare"], project, cpus)
@@ -200,6 +210,13 @@ def bench_train(project: Path, params: dict, cache: str) -> TrainRow:
     return row
 
 
+def bench_export(project: Path) -> ExportRow:
+    m = measure([sys.executable, "-m", "model_preparation.export"], project)
+    row = ExportRow(m.seconds, m.peak_rss_mb)
+    _log(f"export: {m.seconds:.1f} s, peak RSS {m.peak_rss_mb:.0f} MB (process tree)")
+    return row
+
+
 def base_params(image_size: int, train: dict) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prepare"]["image_size"] = image_size
@@ -207,7 +224,9 @@ def base_params(image_size: int, train: dict) -> dict:
     return params
 
 
-def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: dict) -> str:
+def report(
+    out: Path, prepare: list[PrepareRow], train: list[TrainRow], export: ExportRow, meta: dict
+) -> str:
     full = [r for r in prepare if r.cores > 1]
     small, large = full[0], full[-1]
     one = next(r for r in prepare if r.cores == 1)
@@ -219,6 +238,7 @@ def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: di
     goals = {  # the scale goals: flat memory, and the cores actually used
         "rss_within_1.25x": summary["rss_ratio_large_vs_small"] <= 1.25,
         "speedup_at_least_1.7x": summary["speedup_all_cores_vs_one"] >= 1.7,
+        f"export_within_{EXPORT_LIMIT_MB}_mb": export.peak_rss_mb <= EXPORT_LIMIT_MB,
     }
     lines = [
         f"prepare ({meta['image_size']}² letterbox, {meta['cpus']} cores; photo-sized JPEGs)",
@@ -243,6 +263,9 @@ def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: di
         "| --- | ---: | ---: |",
         *(f"| {r.cache} | {r.images_per_s:.1f} | {r.peak_rss_mb:.0f} |" for r in train),
         "",
+        f"export ({meta['image_size']}², Keras → ONNX + parity check): {export.seconds:.1f} s, "
+        f"peak RSS (tree) {export.peak_rss_mb:.0f} MB (limit {EXPORT_LIMIT_MB})",
+        "",
     ]
     text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,6 +275,7 @@ def report(out: Path, prepare: list[PrepareRow], train: list[TrainRow], meta: di
         "goals": goals,
         "prepare": [asdict(r) for r in prepare],
         "train": [asdict(r) for r in train],
+        "export": asdict(export),
     }
     (out / "pipeline.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out / "pipeline.md").write_text(text)
@@ -291,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare.append(bench_prepare(biggest, work / "prepare-one-core", params, {min(cpus)}))
     smallest = work / f"prepare-{per_class[0]}"
     train = [bench_train(smallest, params, cache) for cache in args.caches.split(",")]
+    export = bench_export(smallest)
     meta = {
         "image_size": args.image_size,
         "cpus": len(cpus),
@@ -299,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
             "num_train"
         ],
     }
-    print(report(args.out, prepare, train, meta))
+    print(report(args.out, prepare, train, export, meta))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -2,10 +2,23 @@
 
 The stage fails, and leaves no ONNX file behind, if ONNX Runtime and Keras disagree on a
 sample of validation images by more than ``tolerance``.
+
+Memory: converting in-process (``tf2onnx.convert.from_keras``) peaks far above the model's size
+at 224² (README "Performance" has the figures), almost all of it native protobuf memory held by
+tf2onnx's graph optimiser. So the conversion runs in two child processes that hold nothing else:
+Keras → SavedModel (the uint8 ``image`` serving signature), then ``python -m tf2onnx.convert``
+on that SavedModel with protobuf's pure-Python implementation, whose peak stays near the size of
+TensorFlow's own graph freezing. This process imports TensorFlow only afterwards, for the parity
+check, so the stage's process tree never holds two of them at once.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +41,6 @@ from .common import (
 )
 from .onnx_utils import predict, session, signature
 
-quiet_tensorflow()
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tf2onnx  # noqa: E402
-
-from .tfdata import read_split  # noqa: E402
-
 
 @dataclass(frozen=True)
 class ExportParams:
@@ -56,21 +62,53 @@ def rename_output(model: onnx.ModelProto, new_name: str) -> None:
     model.graph.output[0].name = new_name
 
 
-def convert(keras_model: keras.Model, image_size: int, opset: int) -> onnx.ModelProto:
-    spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name=INPUT_NAME),)
-    model_proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=opset)
-    rename_output(model_proto, OUTPUT_NAME)
-    return model_proto
+def saved_model(keras_path: Path, out: Path, image_size: int) -> None:
+    """Keras → SavedModel with the serving signature (run in a child: ``--saved-model``)."""
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    model = keras.models.load_model(keras_path, compile=False)
+    spec = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name=INPUT_NAME)
+    model.export(str(out), format="tf_saved_model", input_signature=[spec], verbose=False)
+
+
+def _child(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise PipelineError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def convert(keras_path: Path, image_size: int, opset: int, out: Path) -> None:
+    """Keras file → ONNX file, each step in a child process (see the module's docstring)."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-export-") as tmp:
+        exported = Path(tmp) / "saved_model"
+        converted = Path(tmp) / "model.onnx"
+        _child([sys.executable, "-m", "model_preparation.export", "--saved-model",
+                str(keras_path), str(exported), str(image_size)], "Keras → SavedModel")  # fmt: skip
+        _child(
+            [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(exported),
+             "--output", str(converted), "--opset", str(opset)],
+            "tf2onnx",
+            env={"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )  # fmt: skip
+        proto = onnx.load(str(converted))
+    rename_output(proto, OUTPUT_NAME)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(out))
 
 
 def export(model_path: Path, prepared: Path, out: Path, report: Path, params: ExportParams) -> dict:
     meta = read_json(prepared / "meta.json")
     size = int(meta["image_size"])
-    keras_model = keras.models.load_model(model_path, compile=False)
-    proto = convert(keras_model, size, params.opset)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(proto, str(out))
+    convert(model_path, size, params.opset, out)
 
+    quiet_tensorflow()  # only now: the conversion's children are gone
+    import keras
+
+    from .tfdata import read_split
+
+    keras_model = keras.models.load_model(model_path, compile=False)
     n = params.parity_samples
     images = np.stack(
         [img for img, _ in read_split(prepared, "val", size).take(n).as_numpy_iterator()]
@@ -100,6 +138,12 @@ def export(model_path: Path, prepared: Path, out: Path, report: Path, params: Ex
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--saved-model":  # the first child of convert()
+        parser = argparse.ArgumentParser(prog="python -m model_preparation.export --saved-model")
+        parser.add_argument("--saved-model", nargs=3, metavar=("KERAS", "OUT", "SIZE"))
+        keras_path, out, size = parser.parse_args().saved_model
+        saved_model(Path(keras_path), Path(out), int(size))
+        return
     params = load_settings(ExportParams, "export")
     result = export(KERAS_MODEL, PREPARED, ONNX_MODEL, EXPORT_REPORT, params)
     print(
