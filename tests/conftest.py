@@ -173,12 +173,13 @@ def api(triton, tmp_path_factory):
 class InMemoryGateway:
     """Stands in for ``TritonGateway`` in *unit* tests of the API (parsing, errors, responses).
 
-    Serves ``resnet50v2`` and ``resnet50v2_int8`` (the default ``MODELS``). Probabilities are a
+    Serves the default ``MODELS`` (FP32, INT8, BF16). Probabilities are a
     deterministic function of each image's mean colour, so a test can tell which image produced
     which result. Tests that claim to test Triton use the real one.
     """
 
     def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4):
+        from imgcls.contract import DEFAULT_MODELS
         from imgcls_api.triton import ModelInfo
 
         self.infos = {
@@ -194,7 +195,7 @@ class InMemoryGateway:
                 max_batch_size=max_batch_size,
                 fetched_at=0.0,
             )
-            for name in ("resnet50v2", "resnet50v2_int8")
+            for name in DEFAULT_MODELS
         }
         self.batches: list = []  # what infer() was given, batch by batch
         self.models: list[str] = []  # which model each batch went to

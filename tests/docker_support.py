@@ -142,11 +142,12 @@ def build_standins(env: dict[str, str]) -> dict[str, str]:
         )  # fmt: skip
     if not _image_exists(env, TRITON_STANDIN):
         with tempfile.TemporaryDirectory(prefix="triton-standin-") as ctx:
-            shutil.copytree(
-                REPO / "services/local-stack/local_stack/backends/onnxruntime",
-                Path(ctx) / "onnxruntime",
-                ignore=shutil.ignore_patterns("__pycache__"),
-            )
+            for backend in ("onnxruntime", "openvino"):
+                shutil.copytree(
+                    REPO / "services/local-stack/local_stack/backends" / backend,
+                    Path(ctx) / backend,
+                    ignore=shutil.ignore_patterns("__pycache__"),
+                )
             docker(
                 env, "build", "-q", "-t", TRITON_STANDIN,
                 "-f", str(REPO / "tests/docker/tritonserver.Dockerfile"),

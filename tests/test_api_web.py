@@ -20,7 +20,9 @@ def _image():
 def test_models_lists_the_allowed_models_default_first(client):
     body = client.get("/models").json
     assert body["default"] == "resnet50v2"
-    assert [m["name"] for m in body["models"]] == ["resnet50v2", "resnet50v2_int8"]
+    assert [m["name"] for m in body["models"]] == [
+        "resnet50v2", "resnet50v2_int8", "resnet50v2_bf16",
+    ]  # fmt: skip
     assert all(m["ready"] and m["version"] == "1" for m in body["models"])
 
 
@@ -61,7 +63,7 @@ def test_an_allowed_model_triton_does_not_serve_is_listed_not_ready_and_503():
 def test_the_openapi_document_describes_the_choice(client):
     spec = client.get("/openapi.json").json
     params = {p["name"]: p for p in spec["paths"]["/predict"]["post"]["parameters"]}
-    assert params["model"]["schema"]["enum"] == ["resnet50v2", "resnet50v2_int8"]
+    assert params["model"]["schema"]["enum"] == ["resnet50v2", "resnet50v2_int8", "resnet50v2_bf16"]
     assert "/models" in spec["paths"] and "401" in spec["paths"]["/predict"]["post"]["responses"]
     assert set(spec["components"]["securitySchemes"]) == {"ApiKey", "Bearer"}
 

@@ -120,7 +120,7 @@ def test_switching_to_int8_answers_with_the_int8_model(page, api, tiny_project):
     page.goto(api.url + "/")
     page.wait_for_selector("#model option", state="attached")
     options = page.locator("#model option").all_inner_texts()
-    assert options == ["resnet50v2", "resnet50v2_int8"]
+    assert options == ["resnet50v2", "resnet50v2_int8", "resnet50v2_bf16"]
     page.select_option("#model", "resnet50v2_int8")
     page.set_input_files("#files", str(_demo_image(tiny_project, "circle")))
     meta = page.locator("#results .result .meta").filter(has_text="round trip")

@@ -181,7 +181,12 @@ def test_the_page_and_the_explorer_are_served_from_the_container(stack):
     assert [(m["name"], m["ready"]) for m in models] == [
         ("resnet50v2", True),
         ("resnet50v2_int8", True),
+        ("resnet50v2_bf16", True),  # on the image's OpenVINO backend
     ]
+    fp32, _ = _post(f"{base}/predict", images.photo_like_jpeg())
+    status, bf16 = _post(f"{base}/predict?model=resnet50v2_bf16", images.photo_like_jpeg())
+    assert status == 200 and bf16["model"]["name"] == "resnet50v2_bf16"
+    assert {p["label"] for p in bf16["predictions"]} == {p["label"] for p in fp32["predictions"]}
 
 
 def test_model_init_said_what_it_did_and_files_belong_to_the_checkout_owner(stack):

@@ -88,6 +88,19 @@ def test_int8_model_is_quantized_evaluated_and_served_beside_fp32(tiny_project):
     assert meta["source"]["md5"] == _md5(tiny_project / "artifacts/model.int8.onnx")
 
 
+def test_the_bf16_variant_is_checked_and_served_on_openvino(tiny_project):
+    report = _json(tiny_project / "artifacts/reports/bf16.json")
+    assert report["checked"] and report["top1_agreement"] >= 0.8, report  # TINY quantize gate
+    assert abs(report["bf16_accuracy"] - report["fp32_accuracy"]) <= 0.05, report
+    repo = tiny_project / "model_repository/resnet50v2_bf16"
+    config = (repo / "config.pbtxt").read_text()
+    assert 'backend: "openvino"' in config and 'default_model_filename: "model.onnx"' in config
+    assert 'key: "INFERENCE_PRECISION_HINT" value: { string_value: "bf16" }' in config
+    meta = _json(repo / "1/version.json")
+    assert meta["accuracy"] == report["bf16_accuracy"]
+    assert meta["source"]["md5"] == _md5(tiny_project / "artifacts/model.onnx")  # the FP32 graph
+
+
 def test_data_report_counts_splits_and_the_skipped_file(tiny_project):
     report = _json(tiny_project / "artifacts/reports/data.json")
     assert report["num_skipped"] == 1

@@ -147,12 +147,12 @@ def test_label_count_must_match_the_output(tmp_path):
 
 def test_thread_layout_uses_the_native_backends_parameter_names(tmp_path):
     model, labels = tiny_onnx(tmp_path / "m.onnx"), _labels(tmp_path, "a", "b", "c")
-    layout = publish_params(model_name="m", instance_count=2, ort_intra_op_threads=1)
+    layout = publish_params(model_name="m", instance_count=2, intra_op_threads=1)
     publish(model, labels, tmp_path / "two", layout)
     config = (tmp_path / "two/m/config.pbtxt").read_text()
     assert "count: 2" in config and "kind:" not in config  # Triton picks GPU where there is one
     assert 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }' in config
-    single = publish_params(model_name="m", instance_count=1, ort_intra_op_threads=0)
+    single = publish_params(model_name="m", instance_count=1, intra_op_threads=0)
     publish(model, labels, tmp_path / "default", single)
     default = (tmp_path / "default/m/config.pbtxt").read_text()
     assert "count: 1" in default and "intra_op_thread_count" not in default
@@ -241,3 +241,17 @@ def test_a_version_whose_file_changed_after_publishing_is_refused(tmp_path):
         fh.write(b"tampered")
     with pytest.raises(RepositoryError, match=r"does not match its version\.json"):
         ModelDir(repo, "m").check_version(1)
+
+
+def test_the_bf16_variant_is_the_fp32_graph_on_openvino(tmp_path):
+    model, labels = tiny_onnx(tmp_path / "m.onnx"), _labels(tmp_path, "a", "b", "c")
+    receipt = publish(model, labels, tmp_path / "repo", publish_params(), bf16=True,
+                      accuracy={"fp32": 0.9, "bf16": 0.89})  # fmt: skip
+    assert receipt["bf16"]["model_name"] == "resnet50v2_bf16"
+    config = (tmp_path / "repo/resnet50v2_bf16/config.pbtxt").read_text()
+    assert 'backend: "openvino"' in config and 'default_model_filename: "model.onnx"' in config
+    for key, value in (("INFERENCE_PRECISION_HINT", "bf16"), ("PERFORMANCE_HINT", "LATENCY"),
+                       ("NUM_STREAMS", "1"), ("INFERENCE_NUM_THREADS", "1")):  # fmt: skip
+        assert f'key: "{key}" value: {{ string_value: "{value}" }}' in config, key
+    assert "intra_op_thread_count" not in config  # ONNX Runtime's key, not OpenVINO's
+    assert ModelDir(tmp_path / "repo", "resnet50v2_bf16").version(1).accuracy == 0.89

@@ -50,6 +50,20 @@ def test_api_predictions_equal_in_process_onnxruntime(api, tiny_project):
         assert body["probability"] == max(got.values())
 
 
+def test_the_bf16_variant_answers_like_fp32(api, tiny_project):
+    """OpenVINO in bfloat16 (the Python stand-in for Triton's OpenVINO backend here): the same
+    top-1 class as FP32 on the demo images, probabilities within bfloat16's precision."""
+    for path in _sample_files(tiny_project):
+        data = path.read_bytes()
+        fp32 = _post(api, files={"image": data}).json()
+        resp = _post(api, files={"image": data}, params={"model": "resnet50v2_bf16"})
+        assert resp.status_code == 200, resp.text
+        bf16 = resp.json()
+        assert bf16["model"] == {"name": "resnet50v2_bf16", "version": "1"}
+        assert bf16["label"] == fp32["label"]
+        assert abs(bf16["probability"] - fp32["probability"]) < 0.05
+
+
 def test_readme_curl_line_works_verbatim(api, tiny_project):
     readme = (REPO / "README.md").read_text()
     line = re.search(r"^\s*(curl -F image=@\S+ http://localhost:5000/predict)\s*$", readme, re.M)
@@ -278,7 +292,7 @@ def test_config_thread_layout_reaches_onnxruntime(tmp_path):
     model, labels, repo = tiny_onnx(tmp_path / "m.onnx"), tmp_path / "labels.txt", tmp_path / "repo"
     labels.write_text("a\nb\nc\n")
     for name, threads in (("one", 1), ("three", 3)):
-        layout = publish_params(model_name=name, instance_count=2, ort_intra_op_threads=threads)
+        layout = publish_params(model_name=name, instance_count=2, intra_op_threads=threads)
         publish(model, labels, repo, layout)
     with TritonServer(repo, workdir=tmp_path / "triton"):
         one, three = _stub_threads(repo / "one"), _stub_threads(repo / "three")

@@ -67,14 +67,15 @@ def build_models(out: Path, size: int) -> None:
     models = {
         "resnet50v2": (fp32, {}),
         "resnet50v2_nobatch": (fp32, {"dynamic_batching": False}),
-        "resnet50v2_1x2": (fp32, {"instance_count": 1, "ort_intra_op_threads": 0}),
-        "resnet50v2_2x1": (fp32, {"instance_count": 2, "ort_intra_op_threads": 1}),
+        "resnet50v2_1x2": (fp32, {"instance_count": 1, "intra_op_threads": 0}),
+        "resnet50v2_2x1": (fp32, {"instance_count": 2, "intra_op_threads": 1}),
         "resnet50v2_int8": (int8, {}),
+        "resnet50v2_bf16": (fp32, {}),  # the FP32 graph on OpenVINO in bfloat16
     }
     for name, (path, extra) in models.items():
         shutil.rmtree(repo / name, ignore_errors=True)  # version 1: the current build, serving
         params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
-        publish_model(name, path, LABELS, repo, params)
+        publish_model(name, path, LABELS, repo, params, precision="bf16" if "bf16" in name else "")
     print(
         json.dumps(
             {

@@ -16,6 +16,8 @@ OUTPUT_NAME = "probabilities"
 DEFAULT_MODEL = "resnet50v2"
 #: The INT8 sibling of a model is served as ``<name><INT8_SUFFIX>``.
 INT8_SUFFIX = "_int8"
+#: The same FP32 graph run by OpenVINO in bfloat16 is served as ``<name><BF16_SUFFIX>``.
+BF16_SUFFIX = "_bf16"
 #: Images larger than this many pixels are refused before they are decoded (decompression bombs).
 MAX_IMAGE_PIXELS = 40_000_000
 #: Triton's model repository in a checkout (the publish stage writes it; ``model.dvc`` tracks it).
@@ -30,4 +32,8 @@ def int8_name(model: str) -> str:
     return f"{model}{INT8_SUFFIX}"
 
 
-DEFAULT_MODELS = (DEFAULT_MODEL, int8_name(DEFAULT_MODEL))
+def bf16_name(model: str) -> str:
+    return f"{model}{BF16_SUFFIX}"
+
+
+DEFAULT_MODELS = (DEFAULT_MODEL, int8_name(DEFAULT_MODEL), bf16_name(DEFAULT_MODEL))

@@ -71,8 +71,9 @@ class Serving:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
     instance_count: int
-    ort_intra_op_threads: int  # 0: ONNX Runtime's default (every core)
-    backend: str = "onnxruntime"
+    intra_op_threads: int  # per instance; 0: the runtime's default (every core)
+    backend: str = "onnxruntime"  # or "openvino" (reads the same ONNX file)
+    precision: str = ""  # openvino: the inference precision hint (bf16, f32)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +82,8 @@ class Serving:
     def from_json(cls, raw: Mapping[str, Any]) -> Serving:
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in raw.items() if k in fields}
+        if "intra_op_threads" not in values:  # written before the key was renamed
+            values["intra_op_threads"] = int(raw.get("ort_intra_op_threads", 0))
         values["input"], values["output"] = (Tensor.from_json(raw[k]) for k in ("input", "output"))
         values["preferred_batch_sizes"] = tuple(raw.get("preferred_batch_sizes", ()))
         return cls(**values)
@@ -228,7 +231,7 @@ def render_config(serving: Serving, state: Lifecycle, labels: Mapping[int, tuple
 # publish stage and `python -m imgcls.lifecycle` write it): do not edit by hand.
 name: {_quote(serving.name)}
 backend: {_quote(serving.backend)}
-max_batch_size: {serving.max_batch_size}
+{_model_file(serving)}max_batch_size: {serving.max_batch_size}
 input [
   {{
     name: {_quote(inp.name)}
@@ -249,8 +252,8 @@ output [
   }}
 ]
 {_warmup(inp)}"""
-    if serving.ort_intra_op_threads > 0:  # the native backend's own parameter name
-        text += _parameter("intra_op_thread_count", str(serving.ort_intra_op_threads))
+    for key, value in _backend_parameters(serving).items():
+        text += _parameter(key, value)
     text += "# The lifecycle: which versions Triton loads, and how the API routes between them.\n"
     text += f"version_policy: {{ specific: {{ versions: {_dims(state.loaded)} }} }}\n"
     for key, value in state.parameters().items():
@@ -258,6 +261,25 @@ output [
     for version in state.loaded:
         text += _parameter(f"{PREFIX}labels.{version}", json.dumps(list(labels[version])))
     return text
+
+
+def _model_file(serving: Serving) -> str:
+    """OpenVINO's backend looks for ``model.xml`` unless told; it reads ONNX as well."""
+    return f'default_model_filename: "{MODEL_FILE}"\n' if serving.backend == "openvino" else ""
+
+
+def _backend_parameters(serving: Serving) -> dict[str, str]:
+    """Each native backend's own parameter names (the local shims read the same keys)."""
+    threads = serving.intra_op_threads
+    if serving.backend == "openvino":
+        # Triton hands an instance one batch at a time: one stream, latency-minded.
+        params = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
+        if serving.precision:
+            params["INFERENCE_PRECISION_HINT"] = serving.precision
+        if threads > 0:
+            params["INFERENCE_NUM_THREADS"] = str(threads)
+        return params
+    return {"intra_op_thread_count": str(threads)} if threads > 0 else {}
 
 
 def _batching(serving: Serving) -> str:

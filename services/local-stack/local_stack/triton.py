@@ -3,7 +3,8 @@
 What makes it run (see README "Serving → Without Docker"):
 - a backend directory with a real copy of ``libtriton_python.so`` (a symlink is refused) and the
   Python stub as a symlink into site-packages (a copy cannot find its CUDA stub libraries);
-- our Python-based ``onnxruntime`` backend next to it, so ``backend: "onnxruntime"`` loads;
+- our Python-based ``onnxruntime`` and ``openvino`` backends next to it, so the configs the
+  official image serves natively load here unchanged;
 - this interpreter's ``bin/`` first on PATH (the stub imports numpy/onnxruntime from it) and its
   ``libpython3.x.so`` directory on LD_LIBRARY_PATH.
 """
@@ -44,12 +45,13 @@ def build_backend_dir(dest: Path) -> Path:
     stub.unlink(missing_ok=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub.symlink_to(root / "python_backend_stubs" / version / "triton_python_backend_stub")
-    shutil.copytree(
-        _BACKENDS_SRC / "onnxruntime",
-        dest / "onnxruntime",
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
+    for backend in ("onnxruntime", "openvino"):  # Python-based stand-ins for the native ones
+        shutil.copytree(
+            _BACKENDS_SRC / backend,
+            dest / backend,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
     return dest
 
 

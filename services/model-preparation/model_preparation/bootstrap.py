@@ -26,6 +26,7 @@ from imgcls.repository import ModelDir
 from imgcls.triton_control import TritonControl, admin_key
 
 from .common import (
+    BF16_REPORT,
     INT8_REPORT,
     METRICS_REPORT,
     MODEL_REPOSITORY,
@@ -120,7 +121,7 @@ def build() -> None:
 def _after_publish(receipt: dict) -> None:
     """Say which versions the pipeline published; start new ones as candidates (never straight
     to every user) on the Triton that serves, when one answers (params.yaml lifecycle)."""
-    entries = [e for e in (receipt, receipt.get("int8")) if e]
+    entries = [e for e in (receipt, receipt.get("int8"), receipt.get("bf16")) if e]
     for e in entries:
         news = "new" if e["new"] else "unchanged"
         say(f"{e['model_name']} version {e['version']} ({news}): {e['role']}")
@@ -160,7 +161,9 @@ def _accuracy_line() -> str:
         int8 = read_json(INT8_REPORT)["int8_accuracy"]
     except (OSError, KeyError, ValueError):
         return "see `dvc metrics show`"
-    return f"held-out accuracy {fp32:.4f} FP32, {int8:.4f} INT8 (`dvc metrics show`: all metrics)"
+    bf16 = read_json(BF16_REPORT).get("bf16_accuracy") if BF16_REPORT.is_file() else None
+    also = f", {bf16:.4f} BF16" if bf16 is not None else ""
+    return f"held-out accuracy {fp32:.4f} FP32, {int8:.4f} INT8{also} (`dvc metrics show`: all)"
 
 
 def _minutes(seconds: float) -> str:

@@ -1,12 +1,15 @@
-"""ONNX helpers without TensorFlow: graph signature and an ONNX Runtime session."""
+"""ONNX helpers without TensorFlow: the graph's signature; the runtimes (``imgcls.runtimes``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
+
+from imgcls.runtimes import OpenVinoSession, onnxruntime_session, predict
+
+__all__ = ["OpenVinoSession", "TensorSpec", "predict", "session", "signature"]
 
 _ONNX_TO_TRITON = {
     onnx.TensorProto.UINT8: "TYPE_UINT8",
@@ -39,19 +42,5 @@ def signature(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def session(path: Path, threads: int = 0):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3  # errors only: graph-optimisation notices are not progress
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def predict(sess, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Probabilities for uint8 images, in batches."""
-    name = sess.get_inputs()[0].name
-    out = [
-        sess.run(None, {name: images[i : i + batch_size]})[0]
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+    """An ONNX Runtime session (``imgcls.runtimes``: one home for the runtimes)."""
+    return onnxruntime_session(path, threads)

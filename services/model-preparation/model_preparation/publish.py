@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from imgcls.contract import int8_name
+from imgcls.contract import bf16_name, int8_name
 from imgcls.repository import Lifecycle, ModelDir, Serving, Tensor, Version, md5sum
 
 from .common import (
+    BF16_REPORT,
     INT8_MODEL,
     INT8_REPORT,
     LABELS_FILE,
@@ -54,12 +55,16 @@ class PublishParams:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_delay_us: int
     instance_count: int
-    ort_intra_op_threads: int  # per instance; 0 = ONNX Runtime's default (every core)
+    intra_op_threads: int  # per instance; 0 = the runtime's default (every core)
     int8: bool  # also serve the INT8 model as <model_name>_int8
+    bf16: bool  # also serve the FP32 graph on OpenVINO in bfloat16 as <model_name>_bf16
 
 
-def serving_config(name: str, inp: TensorSpec, out: TensorSpec, params: PublishParams) -> Serving:
-    """model.json: the graph's tensors and params.yaml's scheduling."""
+def serving_config(
+    name: str, inp: TensorSpec, out: TensorSpec, params: PublishParams, precision: str = ""
+) -> Serving:
+    """model.json: the graph's tensors and params.yaml's scheduling; a ``precision`` (bf16)
+    means OpenVINO runs the graph."""
     return Serving(
         name=name,
         input=Tensor(inp.name, inp.triton_type, tuple(inp.dims)),
@@ -69,7 +74,9 @@ def serving_config(name: str, inp: TensorSpec, out: TensorSpec, params: PublishP
         preferred_batch_sizes=params.preferred_batch_sizes,
         max_queue_delay_us=params.max_queue_delay_us,
         instance_count=params.instance_count,
-        ort_intra_op_threads=params.ort_intra_op_threads,
+        intra_op_threads=params.intra_op_threads,
+        backend="openvino" if precision else "onnxruntime",
+        precision=precision,
     )
 
 
@@ -110,14 +117,15 @@ def publish_model(
     repository: Path,
     params: PublishParams,
     accuracy: float | None = None,
+    precision: str = "",
 ) -> dict:
-    """Add ``model`` as the next version of ``name`` (or reuse the newest if it is the same)."""
+    """Add ``model`` as the next version of ``name`` (or reuse one on disk that is the same)."""
     inp, out = _signature(model)
     if out.dims != [len(labels)]:
         raise PipelineError(
             f"model outputs {out.dims[0]} classes but there are {len(labels)} labels"
         )
-    serving = serving_config(name, inp, out, params)
+    serving = serving_config(name, inp, out, params, precision)
     target = ModelDir(repository, name)
     with target.lock():
         state = target.state() if target.exists() else None
@@ -158,39 +166,52 @@ def publish(
     repository: Path,
     params: PublishParams,
     int8_model: Path | None = None,
-    accuracy: float | None = None,
-    int8_accuracy: float | None = None,
+    accuracy: dict[str, float | None] | None = None,
+    bf16: bool = False,
 ) -> dict:
-    """The FP32 model as ``model_name`` and, when given, the INT8 one as its INT8 sibling."""
-    name = params.model_name
+    """The FP32 model as ``model_name`` and, when asked, its INT8 and BF16 siblings.
+    ``accuracy``: held-out accuracy by variant (``fp32``, ``int8``, ``bf16``)."""
+    name, acc = params.model_name, accuracy or {}
     labels = read_labels(labels_file)
-    receipt = publish_model(name, model, labels, repository, params, accuracy)
+    receipt = publish_model(name, model, labels, repository, params, acc.get("fp32"))
     if int8_model is not None:
         receipt["int8"] = publish_model(
-            int8_name(name), int8_model, labels, repository, params, int8_accuracy
+            int8_name(name), int8_model, labels, repository, params, acc.get("int8")
+        )
+    if bf16:
+        receipt["bf16"] = publish_model(
+            bf16_name(name), model, labels, repository, params, acc.get("bf16"), "bf16"
         )
     return receipt
 
 
-def _accuracies() -> tuple[float | None, float | None]:
-    try:
-        fp32 = read_json(METRICS_REPORT)["accuracy"]
-    except (OSError, KeyError, ValueError):
-        fp32 = None
-    try:
-        int8 = read_json(INT8_REPORT)["int8_accuracy"]
-    except (OSError, KeyError, ValueError):
-        int8 = None
-    return fp32, int8
+def _accuracies() -> dict[str, float | None]:
+    """What the evaluate and quantize stages measured on the held-out split."""
+    found: dict[str, float | None] = {}
+    for variant, report, key in (("fp32", METRICS_REPORT, "accuracy"),
+                                 ("int8", INT8_REPORT, "int8_accuracy"),
+                                 ("bf16", BF16_REPORT, "bf16_accuracy")):  # fmt: skip
+        try:
+            found[variant] = read_json(report)[key]
+        except (OSError, KeyError, ValueError):
+            found[variant] = None
+    return found
 
 
 def main() -> None:
     params = load_settings(PublishParams, "publish")
     int8 = INT8_MODEL if params.int8 else None
-    fp32_acc, int8_acc = _accuracies()
-    receipt = publish(ONNX_MODEL, LABELS_FILE, MODEL_REPOSITORY, params, int8, fp32_acc, int8_acc)
+    accuracy = _accuracies()
+    if params.bf16 and accuracy["bf16"] is None:
+        raise PipelineError(
+            "publish.bf16 serves the BF16 variant, but the quantize stage did not check it "
+            "(set quantize.bf16: true)"
+        )
+    receipt = publish(
+        ONNX_MODEL, LABELS_FILE, MODEL_REPOSITORY, params, int8, accuracy, params.bf16
+    )
     write_json(PUBLISH_REPORT, receipt)
-    for entry in (receipt, receipt.get("int8")):
+    for entry in (receipt, receipt.get("int8"), receipt.get("bf16")):
         if entry:
             what = "added" if entry["new"] else "unchanged, already"
             print(
