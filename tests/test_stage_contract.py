@@ -70,6 +70,8 @@ def test_params_yaml_is_complete_for_every_stage(section):
         ("train", {"augment": {"flip": "yes", "rotation": 0.1, "contrast": 0.2}},
          "augment flip: expected bool"),
         ("train", {"optimizer": "adamw"}, "choose one of adam, sgd, adagrad, adasmooth"),
+        ("train", {"mixed_precision": "fp8"}, "choose one of auto, float32, mixed_bfloat16"),
+        ("train", {"mixed_precision": True}, "mixed_precision: expected str, got True"),
         ("prepare", {"image_size": 64.5}, "prepare image_size: expected int"),
         ("publish", {"preferred_batch_sizes": 4}, "expected a list"),
         ("quantize", {"min_agreement": None}, "expected float, got None"),

@@ -127,3 +127,21 @@ def test_two_worker_processes_train_one_model(tiny_project, tmp_path):
     out = run([sys.executable, "-c", check], project).stdout.split()
     assert out[:2] == ["uint8", "image"] and out[2:4] == ["(4,", "3)"], out
     assert float(out[4]) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("setting", "flags", "policy"),
+    [
+        ("auto", "fpu avx512f avx512_bf16 avx512_vnni", "mixed_bfloat16"),
+        ("auto", "fpu amx_bf16 amx_tile", "mixed_bfloat16"),
+        ("auto", "fpu avx2 avx512f", "float32"),  # bfloat16 would be emulated, slower
+        ("float32", "fpu avx512_bf16", "float32"),
+        ("mixed_float16", "fpu", "mixed_float16"),
+    ],
+)
+def test_auto_precision_follows_the_cpu(tmp_path, setting, flags, policy):
+    from model_preparation.train import precision_policy
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor : 0\nflags : {flags}\n")
+    assert precision_policy(setting, cpuinfo) == policy

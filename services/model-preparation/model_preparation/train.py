@@ -13,7 +13,10 @@ Built to grow past one machine's memory and one device:
   device, every local GPU (MirroredStrategy) or several hosts (MultiWorkerMirroredStrategy, from
   ``TF_CONFIG``). It is a loop of our own rather than ``model.fit`` because Keras 3's ``fit``
   fails under MultiWorkerMirroredStrategy (keras-team/keras#20585, tensorflow#72388);
-- ``train.mixed_precision`` trains in float16 on GPUs; the saved model is always float32.
+- ``train.mixed_precision``: ``mixed_bfloat16`` computes in bfloat16 (CPUs with bfloat16 or AMX
+  units, and GPUs), ``mixed_float16`` in float16 with loss scaling (GPUs), ``float32`` not at all,
+  ``auto`` bfloat16 on a CPU that has those units and no GPU, else float32 (elsewhere bfloat16 is
+  emulated, slower); the saved model is always float32.
 Every random choice (initial weights, shuffle, augmentation) derives from ``train.seed``, so the
 cache mode changes speed and memory, never the trained model.
 """
@@ -54,6 +57,8 @@ from .adasmooth import AdaSmooth  # noqa: E402
 from .tfdata import decode, split_files, stream_records  # noqa: E402
 
 CACHES = ("none", "file", "memory")
+POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # train.mixed_precision
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # a CPU that computes bfloat16 natively
 SHUFFLE_BUFFER = 2048  # images; bounds the shuffle's memory whatever the dataset size
 
 
@@ -78,7 +83,7 @@ class TrainParams:
     patience: int
     seed: int
     cache: str
-    mixed_precision: bool
+    mixed_precision: str  # auto, or a Keras policy: float32 | mixed_bfloat16 | mixed_float16
     augment: AugmentParams
 
     def __post_init__(self) -> None:
@@ -88,6 +93,11 @@ class TrainParams:
             )
         if self.cache not in CACHES:
             raise PipelineError(f"train.cache {self.cache!r}: choose one of {', '.join(CACHES)}")
+        if self.mixed_precision not in POLICIES:
+            raise PipelineError(
+                f"train.mixed_precision {self.mixed_precision!r}: choose one of "
+                f"{', '.join(POLICIES)}"
+            )
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             if getattr(self, name) < 1:
                 raise PipelineError(f"train.{name} must be at least 1")
@@ -125,7 +135,7 @@ def make_optimizer(params: TrainParams) -> keras.optimizers.Optimizer:
         optimizer = keras.optimizers.Adagrad(lr)
     else:
         optimizer = AdaSmooth(lr)
-    if params.mixed_precision:
+    if precision_policy(params.mixed_precision) == "mixed_float16":  # bf16 needs no scaling
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
@@ -142,6 +152,19 @@ def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
     if params.contrast:
         layers.append(keras.layers.RandomContrast(params.contrast, seed=seed + 2))
     return keras.Sequential(layers, name="augmentation")
+
+
+def precision_policy(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The Keras policy for ``train.mixed_precision`` on this machine."""
+    if setting != "auto":
+        return setting
+    if tf.config.list_logical_devices("GPU"):
+        return "float32"  # not measured on a GPU here: the user chooses there
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if any(f in flags for f in BF16_CPU_FLAGS) else "float32"
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
@@ -329,7 +352,8 @@ def train(
         raise PipelineError(
             f"train.batch_size {params.batch_size} must be a multiple of the {replicas} replicas"
         )
-    print(f"train: {describe(strategy)}, cache={params.cache}", flush=True)
+    policy = precision_policy(params.mixed_precision)
+    print(f"train: {describe(strategy)}, cache={params.cache}, {policy}", flush=True)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(tempfile.mkdtemp(prefix=".train-cache-", dir=ARTIFACTS))
     run = Run(
@@ -343,8 +367,7 @@ def train(
         on_epoch,
     )
     keras.utils.set_random_seed(params.seed)
-    if params.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(policy)
     try:
         with strategy.scope():
             model = build_model(size, len(labels), params.bn_momentum)
