@@ -22,39 +22,51 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path):
     (bench,) = result["runs"]
     names = {r["name"] for r in bench["rows"]}
     assert {"triton direct (batching on)", "triton direct (batching off)", "API end to end (multipart JPEG)",
-            "API end to end INT8", "API, its batching off (BATCH_SLOTS=0)",
+            "API end to end INT8", "API end to end BF16 (OpenVINO)",
+            "API, its batching off (BATCH_SLOTS=0)",
             "peer: Flask threaded=False + JSON tensors",
             "API front alone (no model: answers from memory)"} <= names  # fmt: skip
     assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in bench["rows"])
     assert bench["limit_img_per_s"] > 0 and bench["cold_start"]["stack_ready_s"] > 0
+    opened = bench["open_loop"]  # both layouts at each offered rate, answered without error
+    assert len(opened) == 4 and all(r["errors"] == 0 and r["img_per_s"] > 0 for r in opened)
+    assert "Open loop" in (out / "bench.md").read_text()
     promote = bench["lifecycle"]  # a promote under load: measured, and not one error
     assert promote["errors"] == 0 and promote["steady"]["requests"] > 0, promote
     assert promote["during_promote"]["requests"] > 0 and promote["promote_command_s"] > 0
     assert "### Promote under load" in (out / "bench.md").read_text()
     # The overhead column is the issue's formula on numbers of this run, for every served row.
     decode, infer = bench["decode_ms"], bench["inference_ms"]
-    assert decode > 0 and infer["fp32"] > 0 and infer["int8"] > 0
+    assert decode > 0 and infer["fp32"] > 0 and infer["int8"] > 0 and infer["bf16"] > 0
+    runtimes = {
+        r["name"].split(":")[1].split()[0] for r in bench["rows"] if r["name"].startswith("limit")
+    }
+    assert runtimes == {"onnxruntime", "openvino-bf16", "openvino-f32"}, runtimes
     for r in bench["rows"]:
         if r["name"].startswith("limit"):
             assert "overhead_ms" not in r
             continue
         spent = r["cpu_s_per_image"] * 1000
         decodes = not r["name"].startswith("triton direct")
-        model = (
-            0
-            if r["name"].startswith("API front alone")
-            else infer["int8" if "INT8" in r["name"] else "fp32"]
-        )
+        precision = "int8" if "INT8" in r["name"] else "bf16" if "BF16" in r["name"] else "fp32"
+        model = 0 if r["name"].startswith("API front alone") else infer[precision]
         expected = spent - (decode if decodes else 0) - model
         assert r["overhead_ms"] == pytest.approx(expected, abs=0.011), r
         if model:
             assert r["triton_batch"] >= 1.0, r  # every other row here is served by Triton
-        if r["name"].startswith(("API end to end", "triton direct")):
+        if r["name"].startswith(("API end to end", "triton direct")) and "BF16" not in r["name"]:
+            # the split needs one-thread ONNX Runtime's cost curve: not for OpenVINO rows
             assert "shim_ms" in r and ("api_path_ms" in r) == decodes, r
         if "shim_ms" in r:  # the path by process adds up to the path (reads a moment apart)
             parts = r["triton_ms"] + r["shim_ms"] + (r["api_path_ms"] if decodes else 0)
             assert parts == pytest.approx(r["path_ms"], abs=1.0), r
     assert bench["targets"]["api_over_baseline"] > 0
+    targets = bench["targets"]  # quick runs reach c2: each precision's API row against FP32's
+    assert targets["fastest_variant_c2"] in {"fp32", "int8", "bf16"}
+    assert targets["fastest_over_fp32_api_c2"] >= 1.0
+    assert all(
+        targets[f"{p}_api_over_decode_plus_inference_c2"] > 0 for p in ("fp32", "int8", "bf16")
+    )
     assert (out / "bench.png").stat().st_size > 1000
     table = (out / "bench.md").read_text()
     assert "| path |" in table and "overhead ms/img" in table and "## ResNet50V2 32²" in table

@@ -6,8 +6,9 @@ The headline is the served model's size (``prepare.image_size`` in ``params.yaml
 (real photos). Per size: preprocessing; the in-process ONNX Runtime limit (FP32, INT8); Triton
 direct (dynamic batching on/off); the API end to end (FP32, INT8, other instance layouts, its own
 batching off); the peers (original-style Flask, BentoML and Ray Serve when the optional bench
-environment exists); ONNX Runtime vs Keras; cold start; a promote under load (latency during
-it against steady state, time until all traffic is on the new version). Every row that serves JPEGs shows its
+environment exists); ONNX Runtime vs Keras; cold start; open-loop arrivals (a fixed rate, as
+independent users send) against two batching layouts; a promote under load (latency during it
+against steady state, time until all traffic is on the new version). Every row that serves JPEGs shows its
 **serving overhead**: server CPU per image − JPEG decode − in-process inference, both measured in
 the same run. Writes ``bench.json``, ``bench.md`` and a chart per size.
 """
@@ -36,7 +37,7 @@ from model_preparation.demo_data import render
 from . import report
 from .lifecycle import promote_under_load
 from .measure import Row, closed_loop
-from .serving import peers_available, serving_rows
+from .serving import open_loop_rows, peers_available, serving_rows
 
 IMAGE_SIZES = {
     "320x240": (320, 240),
@@ -94,25 +95,31 @@ def bench_preprocessing(jpegs: dict[str, bytes], size: int, reps: int) -> list[d
 
 
 def bench_limit(
-    onnx_path: Path, size: int, seconds: float, batches: list[int], sessions: int = 1
+    onnx_path: Path,
+    size: int,
+    seconds: float,
+    batches: list[int],
+    sessions: int = 1,
+    runtime: str = "onnxruntime",
 ) -> list[Row]:
-    """ONNX Runtime on ready tensors, no server: one session using every core, or ``sessions``
-    sessions of one thread each run side by side (ORT releases the GIL), as Triton's instances."""
-    from model_preparation.onnx_utils import session
+    """A runtime on ready tensors, no server: one session using every core, or ``sessions``
+    sessions of one thread each run side by side (both runtimes release the GIL), as Triton's
+    instances. ``runtime``: one of ``imgcls.runtimes.RUNTIMES``."""
+    from imgcls.runtimes import open_session
 
-    shared = session(onnx_path) if sessions == 1 else None
+    shared = open_session(onnx_path, runtime) if sessions == 1 else None
     rng = np.random.default_rng(0)
     rows = []
     for batch in batches:
         x = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
         def make(x=x, batch=batch):
-            sess = shared or session(onnx_path, threads=1)
+            sess = shared or open_session(onnx_path, runtime, threads=1)
             return lambda _i: (sess.run(None, {"image": x}), batch)[1]
 
         layout = "in-process" if sessions == 1 else f"{sessions} sessions × 1 thread"
         rows.append(
-            closed_loop(f"limit: onnxruntime {layout} bs{batch}", make, sessions, seconds,
+            closed_loop(f"limit: {runtime} {layout} bs{batch}", make, sessions, seconds,
                         note=onnx_path.name)
         )  # fmt: skip
     for row in rows:  # in-process: the "server" is this process
@@ -142,10 +149,19 @@ def limit_rows(fp32: Path, int8: Path, size: int, secs: float, quick: bool) -> l
     int8_rows = [
         *bench_limit(int8, size, secs, [8] if quick else [8, 16]),
         *bench_limit(int8, size, secs, curve, sessions=2),
+        # OpenVINO on the same INT8 file (its own int8 kernels): the best of both is the limit
+        *bench_limit(int8, size, secs, [8] if quick else [1, 16], runtime="openvino-f32"),
     ]
     for r in int8_rows:
         r.name = r.name.replace("limit:", "limit INT8:")
-    return rows + int8_rows
+    # The FP32 graph in bfloat16 on OpenVINO (the CPU's bf16 / AMX units)
+    bf16_rows = [
+        *bench_limit(fp32, size, secs, [8] if quick else [1, 8, 16], runtime="openvino-bf16"),
+        *bench_limit(fp32, size, secs, [8] if quick else [1, 16], 2, runtime="openvino-bf16"),
+    ]
+    for r in bf16_rows:
+        r.name = r.name.replace("limit:", "limit BF16:")
+    return rows + int8_rows + bf16_rows
 
 
 def served_size(params: Path = Path("params.yaml")) -> int:
@@ -190,6 +206,10 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
     served = serving_rows(Path(built["repository"]), conc, secs, ctx,
                           peers_available() and not args.skip_peers)  # fmt: skip
     if headline:
+        capacity = max(r.img_per_s for s, r in served if s.label == report.API_ROW)
+        fractions = [0.5, 0.9] if args.quick else [0.25, 0.5, 0.75, 0.9]
+        opened = open_loop_rows(Path(built["repository"]), ctx, capacity, fractions, secs)
+        out["open_loop"] = [r.summary() for r in opened]
         _log(f"{size}²: a promote under load")
         out["lifecycle"] = promote_under_load(Path(built["repository"]), Path(built["fp32"]),
                                               jpegs["640x480"], work, secs,

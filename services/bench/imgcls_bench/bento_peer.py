@@ -6,8 +6,8 @@ the optional bench environment (``make bench`` creates it):
 
     BENTO_MODEL=model.onnx BENTO_SIZE=64 python -m bentoml serve imgcls_bench.bento_peer:Classifier --port 5300
 
-``BENTO_THREADS`` sets ONNX Runtime's intra-op threads (0 = every core), ``BENTO_MAX_BATCH`` the
-largest batch.
+``BENTO_THREADS`` sets the runtime's threads (0 = every core), ``BENTO_MAX_BATCH`` the largest
+batch, ``BENTO_RUNTIME`` the runtime (``imgcls.runtimes``: onnxruntime, openvino-bf16).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
-import onnxruntime as ort
 
 from imgcls.preprocessing import load_image
+from imgcls.runtimes import open_session
 
 SIZE = int(os.environ.get("BENTO_SIZE", "224"))
 
@@ -27,10 +27,10 @@ SIZE = int(os.environ.get("BENTO_SIZE", "224"))
 @bentoml.service(workers=1, traffic={"timeout": 60, "concurrency": 256})
 class Classifier:
     def __init__(self) -> None:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(os.environ.get("BENTO_THREADS", "0"))
-        self.session = ort.InferenceSession(
-            os.environ["BENTO_MODEL"], opts, providers=["CPUExecutionProvider"]
+        self.session = open_session(
+            os.environ["BENTO_MODEL"],
+            os.environ.get("BENTO_RUNTIME", "onnxruntime"),
+            int(os.environ.get("BENTO_THREADS", "0")),
         )
 
     @bentoml.api(

@@ -7,12 +7,15 @@ so the load generator's own CPU is reported separately and kept out of "CPU s pe
 from __future__ import annotations
 
 import os
+import queue
 import statistics
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -153,4 +156,71 @@ def closed_loop(
         errors=sum(errors),
         note=note,
         counters={k: after[k] - before.get(k, 0.0) for k in after},
+    )
+
+
+def open_loop(
+    name: str,
+    make_worker: Callable[[], Callable[[int], int]],
+    rate: float,
+    seconds: float,
+    server_pids: list[int] | None = None,
+    senders: int = 64,
+    seed: int = 0,
+) -> Row:
+    """Requests arrive at ``rate`` per second (Poisson) whether or not earlier ones have been
+    answered — the traffic of many independent users, where a closed loop lets a slow server
+    slow its own load down. Latency runs from each request's *scheduled* arrival, so a request
+    that waited for a free sender (the server falling behind) counts that wait too (no
+    coordinated omission). ``concurrency`` in the row holds the offered rate.
+    """
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1 / rate, size=int(rate * seconds * 1.5) + 8))
+    arrivals = arrivals[arrivals < seconds]
+    pending: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+    latencies: list[float] = []
+    counts, errors = [0], [0]
+    lock = threading.Lock()
+    start = [0.0]
+
+    def run() -> None:
+        worker = make_worker()
+        while (at := pending.get()) is not None:
+            delay = start[0] + at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                n = worker(0)
+            except Exception:
+                n = -1
+            done = (time.monotonic() - start[0] - at) * 1000
+            with lock:
+                if n < 0:
+                    errors[0] += 1
+                else:
+                    counts[0] += n
+                    latencies.append(done)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(senders)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # every sender has built its client
+    cpu0 = tree_cpu_seconds(server_pids) if server_pids else None
+    start[0] = time.monotonic()
+    for at in arrivals:
+        pending.put(float(at))
+    for _ in threads:
+        pending.put(None)
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start[0]
+    return Row(
+        name=name,
+        concurrency=round(rate),
+        images=counts[0],
+        seconds=elapsed,
+        latencies_ms=latencies,
+        server_cpu_s=(tree_cpu_seconds(server_pids) - cpu0) if server_pids else None,
+        errors=errors[0],
+        note=f"open loop, offered {rate:.1f}/s",
     )

@@ -12,24 +12,20 @@ import signal
 import time
 
 import numpy as np
-import onnxruntime as ort
 import ray
 from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from imgcls.preprocessing import load_image
+from imgcls.runtimes import RUNTIMES, open_session
 
 
-def build(model_path: str, size: int, max_batch: int, replicas: int, threads: int):
+def build(model_path: str, size: int, max_batch: int, replicas: int, threads: int, runtime: str):
     @serve.deployment(num_replicas=replicas, max_ongoing_requests=64)
     class Classifier:
         def __init__(self) -> None:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            self.session = ort.InferenceSession(
-                model_path, opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = open_session(model_path, runtime, threads)
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.002)
         async def infer(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -52,12 +48,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    parser.add_argument("--threads", type=int, default=0, help="runtime threads (0: all)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     args = parser.parse_args()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(
-        build(args.model, args.size, args.max_batch, args.replicas, args.threads),
+        build(args.model, args.size, args.max_batch, args.replicas, args.threads, args.runtime),
         route_prefix="/predict",
     )
     print("ray peer ready", flush=True)

@@ -24,7 +24,7 @@ from local_stack.api import ApiServer
 from local_stack.procs import ManagedProcess, free_port
 from local_stack.triton import TritonServer
 
-from .measure import Row, closed_loop, tree_cpu_seconds
+from .measure import Row, closed_loop, open_loop, tree_cpu_seconds
 
 BENCH_ENV = Path(".cache/bench-venv")
 _SRC = Path(__file__).resolve().parents[2]
@@ -58,9 +58,13 @@ class Scenario:
         """Whether a model runs behind this path (the API front alone answers from memory)."""
         return self.front != "front"
 
+    runtime: str = "onnxruntime"  # BentoML / Ray Serve: one of imgcls.runtimes.RUNTIMES
+
     @property
     def precision(self) -> str:
-        return "int8" if self.model.endswith("_int8") else "fp32"
+        if self.model.endswith("_int8"):
+            return "int8"
+        return "bf16" if self.model.endswith("_bf16") or "bf16" in self.runtime else "fp32"
 
 
 SCENARIOS = (
@@ -68,6 +72,7 @@ SCENARIOS = (
     Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
     Scenario("API end to end (multipart JPEG)", "api"),
     Scenario("API end to end INT8", "api", "resnet50v2_int8", cells="high"),
+    Scenario("API end to end BF16 (OpenVINO)", "api", "resnet50v2_bf16", cells="high"),
     # The front's share of the overhead, measured: same app and gunicorn config, no model.
     Scenario("API front alone (no model: answers from memory)", "front", cells="high"),
     Scenario(
@@ -93,6 +98,16 @@ SCENARIOS = (
     Scenario("peer: BentoML (adaptive batching, 1 thread)", "bento", cells="high", threads=1),
     Scenario("peer: Ray Serve (1 replica)", "ray", cells="high"),
     Scenario("peer: Ray Serve (2 replicas × 1 thread)", "ray", replicas=2, threads=1),
+    # Like with like: the peers on the fast runtime the API's BF16 row uses.
+    Scenario("peer: BentoML, OpenVINO BF16", "bento", cells="high", runtime="openvino-bf16"),
+    Scenario(
+        "peer: Ray Serve (2 × 1 thread), OpenVINO BF16",
+        "ray",
+        cells="high",
+        replicas=2,
+        threads=1,
+        runtime="openvino-bf16",
+    ),
 )
 PEERS_WITHOUT_TRITON = frozenset({"bento", "ray"})
 
@@ -237,7 +252,8 @@ def _peer_command(s: Scenario, port: int, triton: TritonServer | None, ctx: dict
         return [python, "-m", "bentoml", "serve", "imgcls_bench.bento_peer:Classifier",
                 "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     return [python, "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", ctx["fp32"],
-            "--size", size, "--replicas", str(s.replicas), "--threads", str(s.threads)]  # fmt: skip
+            "--size", size, "--replicas", str(s.replicas), "--threads", str(s.threads),
+            "--runtime", s.runtime]  # fmt: skip
 
 
 def _peer_env(s: Scenario, ctx: dict) -> dict | None:
@@ -247,7 +263,8 @@ def _peer_env(s: Scenario, ctx: dict) -> dict | None:
     if s.front == "ray":
         return {**env, "RAY_USAGE_STATS_ENABLED": "0"}
     return {**env, "BENTO_MODEL": str(ctx["fp32"]), "BENTO_SIZE": str(ctx["size"]),
-            "BENTO_THREADS": str(s.threads), "BENTOML_DO_NOT_TRACK": "true",
+            "BENTO_THREADS": str(s.threads), "BENTO_RUNTIME": s.runtime,
+            "BENTOML_DO_NOT_TRACK": "true",
             "BENTOML_HOME": str(ctx["work"] / "bentoml-home")}  # fmt: skip
 
 
@@ -280,4 +297,29 @@ def serving_rows(repo: Path, conc: list[int], secs: float, ctx: dict,
             measure(s, None)
         except (RuntimeError, TimeoutError) as exc:  # one peer failing must not lose the run
             _log(f"{s.label} skipped: {exc}")
+    return rows
+
+
+# Open loop: the API's balanced batching against the layout it replaced, under arrivals that do
+# not wait for answers (the README's known limit: balanced batching was tuned in a closed loop).
+OPEN_LOOP_LAYOUTS = {
+    "API (1 gevent worker, 2 balanced calls)": {},
+    "API (2 workers × 1 call, the layout before balancing)": {"WEB_CONCURRENCY": "2",
+                                                             "BATCH_SLOTS": "1"},
+}  # fmt: skip
+
+
+def open_loop_rows(repo: Path, ctx: dict, capacity: float, fractions: list[float],
+                   secs: float) -> list[Row]:  # fmt: skip
+    """Each layout at ``fractions`` of ``capacity`` (the API's closed-loop img/s in this run)."""
+    rows: list[Row] = []
+    with TritonServer(repo, workdir=ctx["work"] / "triton-open") as triton:
+        for label, env in OPEN_LOOP_LAYOUTS.items():
+            workdir = ctx["work"] / f"api-open-{len(rows)}"
+            with ApiServer(triton.url, workdir=workdir, env=env) as api:
+                for fraction in fractions:
+                    rate = capacity * fraction
+                    _log(f"{ctx['size']}² open loop {label} at {rate:.0f}/s")
+                    rows.append(open_loop(label, http_worker(f"{api.url}/predict", ctx["jpeg"]),
+                                          rate, secs, server_pids=_pids(triton, api)))  # fmt: skip
     return rows
