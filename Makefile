@@ -12,7 +12,7 @@ MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
 .PHONY: install data model up test test-fast lint format bench bench-pipeline compare search chart clean help \
-	status canary shadow promote rollback bench-lifecycle
+	status canary shadow promote rollback bench-lifecycle lock
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
@@ -28,16 +28,18 @@ help:
 	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
 	@echo "make search  Optuna hyperparameter search, resumable (params: search; SEARCH_ARGS=--run-best)"
 	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
+	@echo "make lock    re-lock requirements/*.lock from requirements/*.txt (UPGRADE=1: newest)"
 
-$(STAMP): requirements/api.txt requirements/train.txt requirements/dev.txt pyproject.toml
+# Installed from the locks (exact versions, every file checked against its hash): what the
+# tests run is what a clone builds next year. `make lock` updates them from requirements/*.txt.
+$(STAMP): requirements/dev.lock requirements/local-triton.lock pyproject.toml
 	@echo "[install] setting up $(VENV) (first time: a few minutes, ~2 GB; log: $(VENV)/install.log)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@( $(BIN)/python -m pip install --upgrade pip && \
-	   $(BIN)/python -m pip install -r requirements/api.txt -r requirements/train.txt -r requirements/dev.txt && \
-	   $(BIN)/python -m pip install --no-deps nvidia-pytriton==0.7.0 && \
+	   $(BIN)/python -m pip install --require-hashes -r requirements/dev.lock && \
+	   $(BIN)/python -m pip install --require-hashes --no-deps -r requirements/local-triton.lock && \
 	   $(BIN)/python -m pip install --no-deps -e . ) > $(VENV)/install.log 2>&1 || \
 	   { tail -n 40 $(VENV)/install.log; echo "[install] failed: see $(VENV)/install.log"; exit 1; }
-	@# nvidia-pytriton: only its tritonserver binary is used, so its numpy<2 pin is irrelevant.
 	@$(BIN)/python -c "import imgcls_api, model_preparation, local_stack, tensorflow, onnxruntime; \
 		from local_stack.triton import pytriton_root; assert (pytriton_root() / 'bin/tritonserver').exists()" \
 		2>>$(VENV)/install.log || { echo "[install] the environment is incomplete: see $(VENV)/install.log"; exit 1; }
@@ -74,6 +76,19 @@ promote: $(STAMP)
 
 rollback: $(STAMP)
 	@$(LIFECYCLE) rollback $(if $(TO),--to $(TO))
+
+# requirements/*.txt say what the project needs; the locks pin every package with its hashes:
+# dev.lock (the venv: API + pipeline + tests), api.lock and train.lock (the two images, held to
+# dev.lock's versions), local-triton.lock. `make lock` keeps pins that still fit;
+# `make lock UPGRADE=1` moves every package to its newest allowed version.
+LOCK := $(BIN)/uv pip compile --generate-hashes --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_35 --native-tls --quiet $(if $(UPGRADE),--upgrade)
+
+lock: $(STAMP)
+	$(LOCK) requirements/api.txt requirements/train.txt requirements/dev.txt -o requirements/dev.lock
+	$(LOCK) requirements/api.txt -c requirements/dev.lock -o requirements/api.lock
+	$(LOCK) requirements/train.txt -c requirements/dev.lock -o requirements/train.lock
+	$(LOCK) requirements/local-triton.txt --no-deps -o requirements/local-triton.lock
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

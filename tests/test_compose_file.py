@@ -113,7 +113,7 @@ def test_base_images_are_overridable_with_the_official_ones_by_default(binary):
     assert services["triton"]["image"] == "nvcr.io/nvidia/tritonserver:24.10-py3"  # 2.51.0
     for name in ("api", "model-init", "model-preparation"):
         assert services[name]["build"]["args"]["PYTHON_IMAGE"] == "python:3.11-slim-bookworm"
-    assert services["model-init"]["build"]["args"]["TF_PACKAGE"] == "tensorflow-cpu==2.21.0"
+    assert services["model-init"]["build"]["args"]["TF_PACKAGE"] == ""  # the locked CPU build
     mirror = {"PYTHON_IMAGE": "mirror.local/python:3.11", "TRITON_IMAGE": "mirror.local/triton:1"}
     services = render(binary, "docker-compose.yml", env=mirror)
     assert services["triton"]["image"] == "mirror.local/triton:1"
