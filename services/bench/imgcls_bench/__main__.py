@@ -32,12 +32,12 @@ from PIL import Image
 from imgcls.preprocessing import letterbox_image, load_image, to_rgb
 from local_stack.api import ApiServer
 from local_stack.triton import TritonServer
-from model_preparation.demo_data import render
+from model_preparation.tools.demo_data import render
 
 from . import report
 from .lifecycle import promote_under_load
 from .measure import Row, closed_loop
-from .serving import open_loop_rows, peers_available, serving_rows
+from .serving import SizeContext, open_loop_rows, peers_available, serving_rows
 
 IMAGE_SIZES = {
     "320x240": (320, 240),
@@ -202,7 +202,7 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
         shutil.rmtree(single, ignore_errors=True)
         shutil.copytree(Path(built["repository"]) / "resnet50v2", single / "resnet50v2")
         out["cold_start"] = cold_start(single, work)
-    ctx = {"work": work, "size": size, "jpeg": jpegs["640x480"], "fp32": built["fp32"]}
+    ctx = SizeContext(work, size, jpegs["640x480"], Path(built["fp32"]))
     served = serving_rows(Path(built["repository"]), conc, secs, ctx,
                           peers_available() and not args.skip_peers)  # fmt: skip
     if headline:

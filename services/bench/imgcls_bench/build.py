@@ -24,7 +24,7 @@ LABELS = ["circle", "square", "triangle"]
 def _images(size: int, n: int, seed: int = 0) -> np.ndarray:
     """Letterboxed demo-style images: realistic activations for INT8 calibration."""
     from imgcls.preprocessing import letterbox_array
-    from model_preparation.demo_data import render
+    from model_preparation.tools.demo_data import render
 
     rng = np.random.default_rng(seed)
     out = [

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from imgcls_api import create_app
-from imgcls_api.triton import ModelInfo
+from imgcls_api.triton import ModelInfo, Route
 
 
 class MemoryGateway:
@@ -30,11 +30,19 @@ class MemoryGateway:
     def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
         return self.info
 
+    def route(self, model: str) -> Route:
+        return Route(self.info)
+
     def infer(self, images: np.ndarray, model: str) -> tuple[np.ndarray, ModelInfo]:
         return np.full((len(images), 3), 1 / 3, np.float32), self.info
 
 
-app = create_app()
-app.extensions["triton"] = MemoryGateway(
-    app.config["SETTINGS"].model_name, int(os.environ["BENCH_FRONT_SIZE"])
-)
+def create():
+    """The served app with the memory gateway (gunicorn: ``imgcls_bench.front_only:create()``);
+    ``BENCH_FRONT_SIZE``, the model's image side, set by the bench."""
+    size = os.environ.get("BENCH_FRONT_SIZE", "")
+    if not size.isdigit():
+        raise SystemExit(f"BENCH_FRONT_SIZE={size!r}: the image side the bench serves (make bench)")
+    app = create_app()
+    app.extensions["triton"] = MemoryGateway(app.config["SETTINGS"].model_name, int(size))
+    return app

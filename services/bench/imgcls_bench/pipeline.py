@@ -10,7 +10,7 @@ then runs the pipeline's own stage commands in a scratch project and measures th
   last epoch, so tracing is excluded) and peak RSS;
 - ``export`` of the model trained last (Keras → ONNX, the parity check included): seconds and the
   peak RSS of its process tree (its conversion runs in child processes), against
-  ``EXPORT_LIMIT_MB``.
+  ``goals.EXPORT_LIMIT_MB``.
 Writes ``pipeline.json`` and ``pipeline.md`` under ``--out``.
 """
 
@@ -33,10 +33,12 @@ import numpy as np
 import psutil
 import yaml
 
-from model_preparation.demo_data import render
+from model_preparation.common import Prepared
+from model_preparation.tools.demo_data import render
+
+from . import goals as targets
 
 CLASSES = ("circle", "square", "triangle")
-EXPORT_LIMIT_MB = 3 * 1024  # the export must fit a small container (compose: TRAIN_MEM_LIMIT)
 CACHE = Path(".cache/bench-pipeline")
 REPO = Path(__file__).resolve().parents[3]
 
@@ -236,9 +238,12 @@ def report(
         "speedup_all_cores_vs_one": large.images_per_s / one.images_per_s,
     }
     goals = {  # the scale goals: flat memory, and the cores actually used
-        "rss_within_1.25x": summary["rss_ratio_large_vs_small"] <= 1.25,
-        "speedup_at_least_1.7x": summary["speedup_all_cores_vs_one"] >= 1.7,
-        f"export_within_{EXPORT_LIMIT_MB}_mb": export.peak_rss_mb <= EXPORT_LIMIT_MB,
+        f"rss_within_{targets.RSS_GROWTH}x": summary["rss_ratio_large_vs_small"]
+        <= targets.RSS_GROWTH,
+        f"speedup_at_least_{targets.CORES_SPEEDUP}x": summary["speedup_all_cores_vs_one"]
+        >= targets.CORES_SPEEDUP,
+        f"export_within_{targets.EXPORT_LIMIT_MB}_mb": export.peak_rss_mb
+        <= targets.EXPORT_LIMIT_MB,
     }
     lines = [
         f"prepare ({meta['image_size']}² letterbox, {meta['cpus']} cores; photo-sized JPEGs)",
@@ -264,7 +269,7 @@ def report(
         *(f"| {r.cache} | {r.images_per_s:.1f} | {r.peak_rss_mb:.0f} |" for r in train),
         "",
         f"export ({meta['image_size']}², Keras → ONNX + parity check): {export.seconds:.1f} s, "
-        f"peak RSS (tree) {export.peak_rss_mb:.0f} MB (limit {EXPORT_LIMIT_MB})",
+        f"peak RSS (tree) {export.peak_rss_mb:.0f} MB (limit {targets.EXPORT_LIMIT_MB})",
         "",
     ]
     text = "\n".join(lines)
@@ -320,9 +325,7 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": args.image_size,
         "cpus": len(cpus),
         "batch_size": args.batch_size,
-        "train_images": json.loads((smallest / "artifacts/prepared/meta.json").read_text())[
-            "num_train"
-        ],
+        "train_images": Prepared.read(smallest / "artifacts/prepared").num_train,
     }
     print(report(args.out, prepare, train, export, meta))
     shutil.rmtree(work, ignore_errors=True)

@@ -8,6 +8,7 @@ Runs in the optional bench environment (``make bench`` creates it with ray[serve
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import time
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="runtime threads (0: all)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime")
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     serve.run(
         build(args.model, args.size, args.max_batch, args.replicas, args.threads, args.runtime),

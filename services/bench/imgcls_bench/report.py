@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import goals
 from .measure import Row
 from .serving import Scenario
 
@@ -277,7 +278,9 @@ def chart(run: dict, cpu_count: int, path: Path) -> None:
     ax2.barh(y, [r["p99_ms"] for r in rows], color="tab:orange")
     ax2.set_xlabel("p99 latency (ms)")
     ax3.barh(y, [r.get("overhead_ms") or 0 for r in rows], color="tab:green")
-    ax3.axvline(1.5, color="red", linestyle="--", label="1.5 ms goal")
+    ax3.axvline(
+        goals.OVERHEAD_MS, color="red", linestyle="--", label=f"{goals.OVERHEAD_MS} ms goal"
+    )
     ax3.set_xlabel("serving overhead (CPU ms/img)")
     ax3.legend()
     ax1.invert_yaxis()

@@ -35,6 +35,22 @@ def _log(msg: str) -> None:
 
 
 @dataclass(frozen=True)
+class SizeContext:
+    """What every served path of one image size shares."""
+
+    work: Path  # the bench's scratch folder (servers' logs, the peers' homes)
+    size: int  # the model's image side
+    jpeg: bytes  # the 640×480 test photo every client posts
+    fp32: Path  # the FP32 ONNX file the peers serve
+
+
+# Which of the run's concurrencies a scenario measures (indices into the ascending list).
+ALL_CELLS: tuple[int, ...] | None = None
+TOP_TWO = (-2, -1)
+LOWEST_AND_THIRD = (0, 2)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One group of table rows: who answers, for which model, at which of the concurrencies."""
 
@@ -42,7 +58,7 @@ class Scenario:
     front: str  # "triton" (client → Triton), "api" (→ API → Triton), "front" (the API with no
     # model: answers from memory), "baseline", "bento", "ray"
     model: str = "resnet50v2"
-    cells: str = "all"  # "all", "high" (the two highest), "edges" (lowest and third)
+    cells: tuple[int, ...] | None = ALL_CELLS  # indices into the run's concurrencies
     env: dict[str, str] = field(default_factory=dict)  # the API's environment
     replicas: int = 1  # Ray Serve only
     threads: int = 0  # BentoML / Ray Serve: ONNX Runtime threads per replica (0 = every core)
@@ -71,12 +87,12 @@ SCENARIOS = (
     Scenario("triton direct (batching on)", "triton"),
     Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
     Scenario("API end to end (multipart JPEG)", "api"),
-    Scenario("API end to end INT8", "api", "resnet50v2_int8", cells="high"),
-    Scenario("API end to end BF16 (OpenVINO)", "api", "resnet50v2_bf16", cells="high"),
+    Scenario("API end to end INT8", "api", "resnet50v2_int8", cells=TOP_TWO),
+    Scenario("API end to end BF16 (OpenVINO)", "api", "resnet50v2_bf16", cells=TOP_TWO),
     # The front's share of the overhead, measured: same app and gunicorn config, no model.
-    Scenario("API front alone (no model: answers from memory)", "front", cells="high"),
+    Scenario("API front alone (no model: answers from memory)", "front", cells=TOP_TWO),
     Scenario(
-        "API, its batching off (BATCH_SLOTS=0)", "api", cells="high", env={"BATCH_SLOTS": "0"}
+        "API, its batching off (BATCH_SLOTS=0)", "api", cells=TOP_TWO, env={"BATCH_SLOTS": "0"}
     ),
     # What the API was before its batching and gevent workers: the same code, configured back.
     Scenario(
@@ -84,26 +100,26 @@ SCENARIOS = (
         "api",
         env={"BATCH_SLOTS": "0", "API_WORKER_CLASS": "gthread", "WEB_CONCURRENCY": "2"},
     ),
-    Scenario("API, 2 instances × 1 thread", "api", "resnet50v2_2x1", cells="high"),
+    Scenario("API, 2 instances × 1 thread", "api", "resnet50v2_2x1", cells=TOP_TWO),
     Scenario(
         "API, 1 instance × all cores",
         "api",
         "resnet50v2_1x2",
-        cells="edges",
+        cells=LOWEST_AND_THIRD,
         single_thread_instances=False,
     ),
-    Scenario("peer: Flask threaded=False + JSON tensors", "baseline", cells="edges"),
+    Scenario("peer: Flask threaded=False + JSON tensors", "baseline", cells=LOWEST_AND_THIRD),
     # The peers without Triton, each in its best layout of the previous runs plus the default.
     Scenario("peer: BentoML (adaptive batching)", "bento"),
-    Scenario("peer: BentoML (adaptive batching, 1 thread)", "bento", cells="high", threads=1),
-    Scenario("peer: Ray Serve (1 replica)", "ray", cells="high"),
+    Scenario("peer: BentoML (adaptive batching, 1 thread)", "bento", cells=TOP_TWO, threads=1),
+    Scenario("peer: Ray Serve (1 replica)", "ray", cells=TOP_TWO),
     Scenario("peer: Ray Serve (2 replicas × 1 thread)", "ray", replicas=2, threads=1),
     # Like with like: the peers on the fast runtime the API's BF16 row uses.
-    Scenario("peer: BentoML, OpenVINO BF16", "bento", cells="high", runtime="openvino-bf16"),
+    Scenario("peer: BentoML, OpenVINO BF16", "bento", cells=TOP_TWO, runtime="openvino-bf16"),
     Scenario(
         "peer: Ray Serve (2 × 1 thread), OpenVINO BF16",
         "ray",
-        cells="high",
+        cells=TOP_TWO,
         replicas=2,
         threads=1,
         runtime="openvino-bf16",
@@ -112,8 +128,11 @@ SCENARIOS = (
 PEERS_WITHOUT_TRITON = frozenset({"bento", "ray"})
 
 
-def cells(which: str, conc: list[int]) -> list[int]:
-    return {"all": conc, "high": conc[-2:], "edges": conc[:1] + conc[2:3]}[which]
+def cells(which: tuple[int, ...] | None, conc: list[int]) -> list[int]:
+    """The concurrencies a scenario measures; indices past a short list are skipped."""
+    if which is None:
+        return list(conc)
+    return sorted({conc[i] for i in which if -len(conc) <= i < len(conc)})
 
 
 def triton_worker(url: str, model: str, size: int):
@@ -212,60 +231,76 @@ def _answers(port: int, jpeg: bytes) -> bool:
 
 
 @contextlib.contextmanager
-def front(s: Scenario, triton: TritonServer | None, ctx: dict) -> Iterator[tuple]:
-    """Start what answers scenario ``s``; yield (worker factory, server pids, counters); stop it."""
-    work, size, jpeg = ctx["work"], ctx["size"], ctx["jpeg"]
+def _triton_front(s: Scenario, triton: TritonServer, ctx: SizeContext) -> Iterator[tuple]:
+    counters = _both(triton_counters(triton, s.model), cpu_by_part(triton, None))
+    yield triton_worker(triton.url, s.model, ctx.size), _pids(triton), counters
+
+
+@contextlib.contextmanager
+def _api_front(s: Scenario, triton: TritonServer, ctx: SizeContext) -> Iterator[tuple]:
+    env = {"MODEL_NAME": s.model, **s.env}
+    with ApiServer(triton.url, workdir=ctx.work / f"api-{s.model}", env=env) as api:
+        counters = _both(triton_counters(triton, s.model), cpu_by_part(triton, api))
+        yield http_worker(f"{api.url}/predict", ctx.jpeg), _pids(triton, api), counters
+
+
+@contextlib.contextmanager
+def _memory_front(s: Scenario, _triton, ctx: SizeContext) -> Iterator[tuple]:
+    env = {"MODEL_NAME": s.model, "BENCH_FRONT_SIZE": str(ctx.size)}
+    with ApiServer("127.0.0.1:9", workdir=ctx.work / "api-front", env=env,
+                   app="imgcls_bench.front_only:create()") as api:  # fmt: skip
+        yield http_worker(f"{api.url}/predict", ctx.jpeg), _pids(api), None
+
+
+@contextlib.contextmanager
+def _peer_front(s: Scenario, triton: TritonServer | None, ctx: SizeContext) -> Iterator[tuple]:
+    port = free_port()
+    peer = _start_peer(_peer_command(s, port, triton, ctx), port, ctx.work / f"{s.front}-{s.replicas}",
+                       _peer_env(s, ctx), ctx.jpeg, timeout=240 if s.front == "ray" else 120)  # fmt: skip
     counters = triton_counters(triton, s.model) if triton is not None else None
-    if s.front == "triton":
-        counters = _both(counters, cpu_by_part(triton, None))
-        yield triton_worker(triton.url, s.model, size), _pids(triton), counters
-    elif s.front == "api":
-        env = {"MODEL_NAME": s.model, **s.env}
-        with ApiServer(triton.url, workdir=work / f"api-{s.model}", env=env) as api:
-            counters = _both(counters, cpu_by_part(triton, api))
-            yield http_worker(f"{api.url}/predict", jpeg), _pids(triton, api), counters
-    elif s.front == "front":
-        env = {"MODEL_NAME": s.model, "BENCH_FRONT_SIZE": str(size)}
-        with ApiServer("127.0.0.1:9", workdir=work / "api-front", env=env,
-                       app="imgcls_bench.front_only:app") as api:  # fmt: skip
-            yield http_worker(f"{api.url}/predict", jpeg), _pids(api), None
-    else:
-        port = free_port()
-        peer = _start_peer(_peer_command(s, port, triton, ctx), port, work / f"{s.front}-{s.replicas}",
-                           _peer_env(s, ctx), jpeg, timeout=240 if s.front == "ray" else 120)  # fmt: skip
-        try:
-            yield (
-                http_worker(f"http://127.0.0.1:{port}/predict", jpeg),
-                _pids(triton, peer),
-                counters,
-            )
-        finally:
-            peer.stop(grace=30)
+    try:
+        yield (
+            http_worker(f"http://127.0.0.1:{port}/predict", ctx.jpeg),
+            _pids(triton, peer),
+            counters,
+        )
+    finally:
+        peer.stop(grace=30)
 
 
-def _peer_command(s: Scenario, port: int, triton: TritonServer | None, ctx: dict) -> list[str]:
-    size, python = str(ctx["size"]), str(BENCH_ENV / "bin" / "python")
+FRONTS = {"triton": _triton_front, "api": _api_front, "front": _memory_front,
+          "baseline": _peer_front, "bento": _peer_front, "ray": _peer_front}  # fmt: skip
+
+
+def front(s: Scenario, triton: TritonServer | None, ctx: SizeContext):
+    """Start what answers scenario ``s``; yield (worker factory, server pids, counters); stop it."""
+    return FRONTS[s.front](s, triton, ctx)
+
+
+def _peer_command(s: Scenario, port: int, triton: TritonServer | None,
+                  ctx: SizeContext) -> list[str]:  # fmt: skip
+    size, python = str(ctx.size), str(BENCH_ENV / "bin" / "python")
     if s.front == "baseline":
         return [sys.executable, "-m", "imgcls_bench.baseline", "--port", str(port),
                 "--triton-url", triton.url, "--size", size]  # fmt: skip
     if s.front == "bento":
         return [python, "-m", "bentoml", "serve", "imgcls_bench.bento_peer:Classifier",
                 "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    return [python, "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", ctx["fp32"],
+    return [python, "-m", "imgcls_bench.ray_peer", "--port", str(port), "--model", str(ctx.fp32),
             "--size", size, "--replicas", str(s.replicas), "--threads", str(s.threads),
             "--runtime", s.runtime]  # fmt: skip
 
 
-def _peer_env(s: Scenario, ctx: dict) -> dict | None:
+def _peer_env(s: Scenario, ctx: SizeContext) -> dict | None:
     if s.front not in PEERS_WITHOUT_TRITON:
         return None
     env = {"PYTHONPATH": f"{_SRC / 'common'}{os.pathsep}{_SRC / 'bench'}"}
     if s.front == "ray":
         return {**env, "RAY_USAGE_STATS_ENABLED": "0"}
-    return {**env, "BENTO_MODEL": str(ctx["fp32"]), "BENTO_SIZE": str(ctx["size"]),
+    return {**env, "BENTO_MODEL": str(ctx.fp32), "BENTO_SIZE": str(ctx.size),
             "BENTO_THREADS": str(s.threads), "BENTO_RUNTIME": s.runtime,
             "BENTOML_DO_NOT_TRACK": "true",
-            "BENTOML_HOME": str(ctx["work"] / "bentoml-home")}  # fmt: skip
+            "BENTOML_HOME": str(ctx.work / "bentoml-home")}  # fmt: skip
 
 
 def peers_available() -> bool:
@@ -274,7 +309,7 @@ def peers_available() -> bool:
     return (BENCH_ENV / ".installed").exists()
 
 
-def serving_rows(repo: Path, conc: list[int], secs: float, ctx: dict,
+def serving_rows(repo: Path, conc: list[int], secs: float, ctx: SizeContext,
                  peers: bool) -> list[tuple[Scenario, Row]]:  # fmt: skip
     """Every scenario: the Triton-backed ones with one Triton, then the peers that need none."""
     rows: list[tuple[Scenario, Row]] = []
@@ -282,11 +317,11 @@ def serving_rows(repo: Path, conc: list[int], secs: float, ctx: dict,
     def measure(s: Scenario, triton: TritonServer | None) -> None:
         with front(s, triton, ctx) as (worker, pids, counters):
             for c in cells(s.cells, conc):
-                _log(f"{ctx['size']}² {s.label} c={c}")
+                _log(f"{ctx.size}² {s.label} c={c}")
                 rows.append((s, closed_loop(s.label, worker, c, secs, server_pids=pids,
                                             counters=counters)))  # fmt: skip
 
-    with TritonServer(repo, workdir=ctx["work"] / "triton") as triton:
+    with TritonServer(repo, workdir=ctx.work / "triton") as triton:
         for s in (s for s in SCENARIOS if s.front not in PEERS_WITHOUT_TRITON):
             measure(s, triton)
     if not peers:
@@ -309,17 +344,17 @@ OPEN_LOOP_LAYOUTS = {
 }  # fmt: skip
 
 
-def open_loop_rows(repo: Path, ctx: dict, capacity: float, fractions: list[float],
+def open_loop_rows(repo: Path, ctx: SizeContext, capacity: float, fractions: list[float],
                    secs: float) -> list[Row]:  # fmt: skip
     """Each layout at ``fractions`` of ``capacity`` (the API's closed-loop img/s in this run)."""
     rows: list[Row] = []
-    with TritonServer(repo, workdir=ctx["work"] / "triton-open") as triton:
+    with TritonServer(repo, workdir=ctx.work / "triton-open") as triton:
         for label, env in OPEN_LOOP_LAYOUTS.items():
-            workdir = ctx["work"] / f"api-open-{len(rows)}"
+            workdir = ctx.work / f"api-open-{len(rows)}"
             with ApiServer(triton.url, workdir=workdir, env=env) as api:
                 for fraction in fractions:
                     rate = capacity * fraction
-                    _log(f"{ctx['size']}² open loop {label} at {rate:.0f}/s")
-                    rows.append(open_loop(label, http_worker(f"{api.url}/predict", ctx["jpeg"]),
+                    _log(f"{ctx.size}² open loop {label} at {rate:.0f}/s")
+                    rows.append(open_loop(label, http_worker(f"{api.url}/predict", ctx.jpeg),
                                           rate, secs, server_pids=_pids(triton, api)))  # fmt: skip
     return rows
