@@ -26,7 +26,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["admission"] = (
         threading.BoundedSemaphore(settings.max_in_flight) if settings.max_in_flight > 0 else None
     )
-    observability.configure_logging()
+    observability.configure_logging(settings.api_log_level)
     observability.init_app(app)
     auth.init_app(app, settings)
     register_error_handlers(app)

@@ -15,26 +15,34 @@ other's empty — a Triton instance idle. Keep workers × slots near the model's
 """
 
 import os
+import sys
 import tempfile
 
 # prometheus_client multiprocess mode: every worker writes its samples here, /metrics sums them.
 # Must be set before a worker imports prometheus_client (workers import the app after fork).
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgcls-metrics-"))
 
-bind = os.environ.get("API_BIND", "0.0.0.0:5000")
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = os.environ.get("API_WORKER_CLASS", "gevent")
-worker_connections = int(os.environ.get("API_WORKER_CONNECTIONS", "1000"))  # gevent
-threads = int(os.environ.get("API_THREADS", "8"))  # gthread
-timeout = int(os.environ.get("API_WORKER_TIMEOUT", "60"))
+from imgcls_api.settings import ServerSettings, Settings
+
+try:
+    _server, _app = ServerSettings.from_env(), Settings.from_env()
+except ValueError as exc:  # one line naming the variable, not a traceback
+    sys.exit(f"imgcls API: {exc}")
+
+bind = _server.api_bind
+workers = _server.web_concurrency
+worker_class = _server.api_worker_class
+worker_connections = _server.api_worker_connections  # gevent
+threads = _server.api_threads  # gthread
+timeout = _server.api_worker_timeout
 graceful_timeout = 10
 keepalive = 5
 # Workers heartbeat by touching a temp file on every loop; on a container's overlay /tmp that
 # can block (gunicorn's FAQ): keep it in memory where /dev/shm exists.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
-accesslog = os.environ.get("API_ACCESS_LOG") or None  # the app logs each request as JSON
+accesslog = _server.api_access_log or None  # the app logs each request as JSON
 errorlog = "-"
-loglevel = os.environ.get("API_LOG_LEVEL", "info")
+loglevel = _app.api_log_level
 wsgi_app = "imgcls_api:create_app()"
 
 
@@ -48,6 +56,5 @@ def child_exit(server, worker):
 def when_ready(server):
     """One start-up line saying whether API keys are required (never the keys themselves)."""
     from imgcls_api.auth import describe
-    from imgcls_api.settings import Settings
 
-    server.log.info(describe(Settings.from_env()))
+    server.log.info(describe(_app))

@@ -85,7 +85,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload)
 
 
-def configure_logging() -> None:
+def configure_logging(level: str = "info") -> None:
     """JSON lines on stderr for the API's own loggers (``imgcls_api.*``).
 
     Only that logger is touched: the root logger and other libraries' handlers stay as the
@@ -96,7 +96,7 @@ def configure_logging() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
         log.addHandler(handler)
-    log.setLevel(os.environ.get("API_LOG_LEVEL", "INFO").upper())
+    log.setLevel(level.upper())
     log.propagate = False
 
 
