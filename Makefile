@@ -11,12 +11,13 @@ PYTEST_ARGS ?=
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 
-.PHONY: install data model up test test-fast lint format bench bench-pipeline compare search chart clean help \
+.PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
 	status canary shadow promote rollback bench-lifecycle lock
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
 	@echo "make test    install and run the whole test suite (lint included)"
+	@echo "make test-fast         the unit tier (seconds); make test-integration: real servers"
 	@echo "make model   run the DVC pipeline; a new version starts as a candidate (shadow)"
 	@echo "make status  the served versions, the candidate and its live agreement"
 	@echo "make canary  PERCENT=10 VERSION=N: the candidate answers that share of requests"
@@ -49,16 +50,16 @@ $(STAMP): requirements/dev.lock requirements/local-triton.lock pyproject.toml
 install: $(STAMP)
 
 data: $(STAMP)
-	@$(BIN)/python -m model_preparation.bootstrap --data-only
+	@$(BIN)/python -m model_preparation.tools.bootstrap --data-only
 
 # Retrain and version: demo data if data/raw is empty, dvc repro, dvc commit model.dvc.
 model: $(STAMP)
-	@$(BIN)/python -m model_preparation.bootstrap
+	@$(BIN)/python -m model_preparation.tools.bootstrap
 
 # Reuse a complete model_repository, else `dvc pull` from a configured remote, else build one
 # (the same step as the compose stack's model-init service), then serve until stopped.
 up: $(STAMP)
-	@$(BIN)/python -m model_preparation.bootstrap --if-missing --repository $(MODEL_REPOSITORY)
+	@$(BIN)/python -m model_preparation.tools.bootstrap --if-missing --repository $(MODEL_REPOSITORY)
 	$(BIN)/python -m local_stack --model-repository $(MODEL_REPOSITORY) $(UP_ARGS)
 
 # Changing the served model (README "Changing the model in production"): the running stack's
@@ -101,8 +102,15 @@ format: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Three speeds: test-fast (seconds: every unit, the app with an in-memory gateway, the contracts),
+# test-integration (minutes: the real Triton and gunicorn on the tiny model, which the suite
+# builds once and keeps in .cache/test-project/, keyed by everything its build reads), and
+# test (everything CI runs: the pipeline, Docker, the browser, the bench smoke runs).
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -m "integration and not bench and not browser" $(PYTEST_ARGS)
 
 # The Helm chart, offline: helm lint + template + Kubernetes schemas (deploy/helm/chartcheck.py).
 chart: $(STAMP)
@@ -130,11 +138,11 @@ bench-lifecycle: $(STAMP)
 # Experiments (not part of dvc repro): each needs the prepared data, so prepare runs first.
 compare: data
 	$(BIN)/dvc repro prepare
-	$(BIN)/python -m model_preparation.compare $(COMPARE_ARGS)
+	$(BIN)/python -m model_preparation.tools.compare $(COMPARE_ARGS)
 
 search: data
 	$(BIN)/dvc repro prepare
-	$(BIN)/python -m model_preparation.search $(SEARCH_ARGS)
+	$(BIN)/python -m model_preparation.tools.search $(SEARCH_ARGS)
 
 # Scale: prepare img/s + peak RSS at two dataset sizes, train img/s per train.cache mode.
 bench-pipeline: $(STAMP)

@@ -114,7 +114,7 @@ def build_key(params_override: dict) -> str:
 def build_tiny_project(dest: Path) -> Path:
     """The real pipeline (`dvc repro`) on a tiny demo dataset with one corrupt file in it."""
     root = make_project(dest, TINY_PARAMS)
-    run([sys.executable, "-m", "model_preparation.demo_data"], root)
+    run([sys.executable, "-m", "model_preparation.tools.demo_data"], root)
     (root / "data/raw/circle/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     run("dvc add -q data && dvc repro && dvc commit -q -f model.dvc", root)
     run("git add -A && git commit -qm 'tiny project'", root)

@@ -10,7 +10,6 @@ import sys
 import pytest
 import yaml
 
-from model_preparation.compare import CompareParams, LearningRates, RunResult, noise_sentence, table
 from tests.conftest import run
 
 pytestmark = pytest.mark.slow
@@ -20,7 +19,7 @@ def test_optimizer_comparison_is_one_experiment_per_optimizer(tiny_project, tmp_
     out = tmp_path / "optimizers"
     before = run("git status --porcelain", tiny_project).stdout
     printed = run(
-        [sys.executable, "-m", "model_preparation.compare", "--out", str(out)], tiny_project
+        [sys.executable, "-m", "model_preparation.tools.compare", "--out", str(out)], tiny_project
     )
     params = yaml.safe_load((tiny_project / "params.yaml").read_text())["compare"]
     results = json.loads((out / "results.json").read_text())["runs"]
@@ -36,36 +35,6 @@ def test_optimizer_comparison_is_one_experiment_per_optimizer(tiny_project, tmp_
     shown = json.dumps(json.loads(run("dvc exp show --json", tiny_project).stdout))
     assert all(f"opt-{o}-s{params['seeds'][0]}" in shown for o in params["optimizers"])
     assert run("git status --porcelain", tiny_project).stdout == before  # workspace untouched
-
-
-def _run(opt: str, seed: int, acc: float) -> RunResult:
-    curves = {k: [1.0] for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy")}
-    return RunResult(f"opt-{opt}-s{seed}", opt, seed, curves, acc, 0.5, 3, 10.0)
-
-
-def test_the_report_says_whether_a_gap_is_larger_than_the_seed_noise():
-    params = CompareParams(
-        ("adam", "sgd"), LearningRates(1e-3, 1e-2, 1e-2, 1e-3), (1, 2), 2, 3, 0.9
-    )
-    noisy = [
-        _run("adam", 1, 0.90),
-        _run("adam", 2, 0.80),
-        _run("sgd", 1, 0.84),
-        _run("sgd", 2, 0.83),
-    ]
-    assert "not larger than the widest spread between two seeds of one optimizer (0.100, adam)" in (
-        noise_sentence(noisy, params)
-    )
-    clear = [
-        _run("adam", 1, 0.95),
-        _run("adam", 2, 0.94),
-        _run("sgd", 1, 0.70),
-        _run("sgd", 2, 0.72),
-    ]
-    assert "a gap of 0.235, larger than" in noise_sentence(clear, params)
-    assert "| adam (0.001) | 0.500 (0.500–0.500) | 0.945 (0.940–0.950) | 3, 3 | 10.0 |" in table(
-        clear, params
-    )
 
 
 SEARCH = {  # lr 10 diverges. Seed 6 draws 0.001 twice (trials 0, 1); the resumed run's sampler
@@ -96,7 +65,7 @@ def search_project(tiny_project, tmp_path):
 def test_search_prunes_resumes_and_its_best_params_run_in_dvc(tiny_project, tmp_path):
     project = search_project(tiny_project, tmp_path)
     out = tmp_path / "search"
-    search = [sys.executable, "-m", "model_preparation.search", "--out", str(out)]
+    search = [sys.executable, "-m", "model_preparation.tools.search", "--out", str(out)]
     run([*search, "--trials", "2"], project)  # interrupted after two trials...
     printed = run(search, project).stdout  # ...and resumed: one more
     assert "2 trials done, 1 to go" in printed
@@ -123,7 +92,7 @@ def test_search_refuses_a_space_that_is_not_a_train_setting(tiny_project, tmp_pa
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["search"]["space"] = {"learnin_rate": {"low": 0.001, "high": 0.01}}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = run([sys.executable, "-m", "model_preparation.search"], project, check=False)
+    result = run([sys.executable, "-m", "model_preparation.tools.search"], project, check=False)
     assert (
         result.returncode == 2 and "search.space.learnin_rate: not a train setting" in result.stderr
     )

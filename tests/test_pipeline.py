@@ -170,7 +170,7 @@ def test_dvc_remote_round_trip_into_a_fresh_clone(tiny_project, tmp_path):
 def test_adding_a_class_folder_extends_model_labels_config_and_evaluation(tiny_project, tmp_path):
     project = tmp_path / "grown"
     shutil.copytree(tiny_project, project, symlinks=True)
-    run([sys.executable, "-m", "model_preparation.demo_data", "--classes", "star"], project)
+    run([sys.executable, "-m", "model_preparation.tools.demo_data", "--classes", "star"], project)
     # The shape of the outputs is under test here, not accuracy: a short run is enough.
     run("dvc add -q data", project)
     params = yaml.safe_load((project / "params.yaml").read_text())

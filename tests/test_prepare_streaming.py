@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from imgcls.preprocessing import load_image
-from model_preparation.demo_data import generate
 from model_preparation.prepare import PrepareParams, Sample, discover, prepare, split
+from model_preparation.tools.demo_data import generate
 
 pytestmark = pytest.mark.slow  # imports TensorFlow to write and read TFRecords
 

@@ -34,9 +34,9 @@ STAGE_SETTINGS = {
     "quantize": "model_preparation.quantize:QuantizeParams",
     "robustness": "model_preparation.robustness:RobustnessParams",
     "publish": "model_preparation.publish:PublishParams",
-    "demo": "model_preparation.demo_data:DemoParams",
-    "compare": "model_preparation.compare:CompareParams",
-    "search": "model_preparation.search:SearchParams",
+    "demo": "model_preparation.tools.demo_data:DemoParams",
+    "compare": "model_preparation.tools.compare:CompareParams",
+    "search": "model_preparation.tools.search:SearchParams",
     "lifecycle": "imgcls.lifecycle:LifecycleParams",  # not a stage: the lifecycle commands
 }
 
@@ -163,7 +163,7 @@ def test_dvc_repro_stops_at_the_stage_with_the_bad_key(tmp_path):
     override = {"demo": {"images_per_class": 4, "min_side": 40, "max_side": 48},
                 "prepare": {"image_size": 32}, "train": {"learnin_rate": 0.1}}  # fmt: skip
     project = make_project(tmp_path / "p", override)
-    run([sys.executable, "-m", "model_preparation.demo_data"], project)
+    run([sys.executable, "-m", "model_preparation.tools.demo_data"], project)
     run("dvc add -q data", project)
     result = run("dvc repro", project, check=False)
     assert result.returncode != 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -31,6 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .contract import LOCAL_ADMIN_KEY_FILE, MODEL_REPOSITORY
+from .dvc import available as dvc_available
+from .dvc import dvc
 from .params import UserError, load_settings, run_cli
 from .repository import MODES, Lifecycle, ModelDir, RepositoryError, model_dirs
 from .triton_control import ControlError, TritonControl, admin_key
@@ -347,9 +348,10 @@ class Controller:
         """Record what serves in model.dvc, when this is the project's own repository."""
         if self.repository.resolve() != MODEL_REPOSITORY.resolve():
             return
-        if not Path("model.dvc").is_file() or shutil.which("dvc") is None:
+        if not Path("model.dvc").is_file() or not dvc_available():
             return
-        done = subprocess.run(["dvc", "commit", "-q", "-f", "model.dvc"], check=False)
+        cmd, env = dvc("commit", "-q", "-f", "model.dvc")
+        done = subprocess.run(cmd, check=False, env=env)
         if done.returncode == 0:
             self.say("model.dvc updated: `git commit model.dvc` records what serves")
 

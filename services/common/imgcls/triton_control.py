@@ -2,9 +2,8 @@
 
 Loads go over **gRPC**: Triton 2.51 handles an HTTP load request on the HTTP worker thread that
 accepted it, for the whole load, and the inference requests of every connection that thread
-serves wait behind it (triton-inference-server/server#8117, #8958). Measured here: a load over
-HTTP held some requests for its whole 1.5 s; the same load over gRPC delayed none (≤ 30 ms).
-The message is encoded by hand (two string fields) so that grpcio alone is needed, not Triton's
+serves wait behind it (triton-inference-server/server#8117, #8958; measured in the README). The
+message is encoded by hand (two string fields) so that grpcio alone is needed, not Triton's
 generated stubs. Quick calls (index, config) use plain HTTP. The control endpoints answer only
 with the admin key (``--http-restricted-api``, ``--grpc-restricted-protocol``); the key comes
 from ``TRITON_ADMIN_KEY``, a file (``--admin-key-file``, a mounted secret), or the one ``make up``

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,28 @@ OPTIMIZERS = ("adam", "sgd", "adagrad", "adasmooth")  # train.optimizer
 
 
 PipelineError = UserError  # the pipeline's name for it: one line on stderr, exit 2
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """``artifacts/prepared/meta.json``: what the prepare stage tells the stages after it."""
+
+    image_size: int
+    labels: tuple[str, ...]
+    num_train: int
+    num_val: int
+
+    @classmethod
+    def read(cls, prepared: Path = PREPARED) -> Prepared:
+        path = prepared / "meta.json"
+        if not path.is_file():
+            raise PipelineError(f"no prepared data in {prepared}: run `dvc repro prepare` first")
+        raw = read_json(path)
+        return cls(int(raw["image_size"]), tuple(raw["labels"]), int(raw["num_train"]),
+                   int(raw["num_val"]))  # fmt: skip
+
+    def write(self, prepared: Path = PREPARED) -> None:
+        write_json(prepared / "meta.json", {**asdict(self), "labels": list(self.labels)})
 
 
 def write_json(path: Path, payload: Any) -> None:

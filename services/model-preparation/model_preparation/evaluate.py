@@ -12,8 +12,8 @@ from .common import (
     ONNX_MODEL,
     PREPARED,
     REPORTS,
+    Prepared,
     load_settings,
-    read_json,
     run_cli,
     write_json,
 )
@@ -73,9 +73,9 @@ def plot_confusion(matrix: np.ndarray, labels: list[str], path: Path) -> None:
 
 
 def evaluate(model: Path, prepared: Path, out_dir: Path, params: EvaluateParams) -> dict:
-    meta = read_json(prepared / "meta.json")
-    labels = list(meta["labels"])
-    images, actual = load_arrays(prepared, "val", int(meta["image_size"]))
+    meta = Prepared.read(prepared)
+    labels = list(meta.labels)
+    images, actual = load_arrays(prepared, "val", meta.image_size)
     probs = predict(session(model), images, params.batch_size)
     predicted = probs.argmax(axis=1) if len(probs) else np.zeros((0,), np.int64)
     matrix = confusion_matrix(actual, predicted, len(labels))

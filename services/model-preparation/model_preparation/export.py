@@ -33,9 +33,9 @@ from .common import (
     OUTPUT_NAME,
     PREPARED,
     PipelineError,
+    Prepared,
     load_settings,
     quiet_tensorflow,
-    read_json,
     run_cli,
     write_json,
 )
@@ -99,8 +99,7 @@ def convert(keras_path: Path, image_size: int, opset: int, out: Path) -> None:
 
 
 def export(model_path: Path, prepared: Path, out: Path, report: Path, params: ExportParams) -> dict:
-    meta = read_json(prepared / "meta.json")
-    size = int(meta["image_size"])
+    size = Prepared.read(prepared).image_size
     convert(model_path, size, params.opset, out)
 
     quiet_tensorflow()  # only now: the conversion's children are gone

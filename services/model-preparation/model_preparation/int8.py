@@ -6,11 +6,11 @@ showed a third of the time outside the INT8 convolutions:
 
 * the pre-activation BatchNorm scales (``Mul`` by a per-channel constant, the shift is already
   folded into the previous convolution by tf2onnx) become ``QLinearMul`` — an elementwise kernel
-  with a broadcast that took 15 % of the run. As a depthwise 1×1 ``Conv`` (one weight per channel,
+  with a broadcast, a large share of the run. As a depthwise 1×1 ``Conv`` (one weight per channel,
   exact in FP32) they quantize to ``QLinearConv`` with the following ``Relu`` fused in, and every
   per-channel INT8 weight is exactly ±127 (its scale is ``|s|/127``), so nothing is lost.
 * ``ZeroPadding2D`` before the stem max-pool stays a float ``Pad`` (ONNX Runtime does not fuse
-  DQ → Pad → Q): dequantize, pad and requantize a 112×112×64 tensor took 14 %. Padding the uint8
+  DQ → Pad → Q): the stem's tensor is dequantized, padded and requantized. Padding the uint8
   tensor with its zero point is bit-identical, because 0.0 quantizes exactly to the zero point.
 
 Both rewrites are exact (tests/test_int8.py); the speed they buy is measured by ``make bench``

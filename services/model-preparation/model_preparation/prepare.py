@@ -30,6 +30,7 @@ from .common import (
     PREPARED,
     RAW_DATA,
     PipelineError,
+    Prepared,
     load_settings,
     quiet_tensorflow,
     run_cli,
@@ -184,13 +185,7 @@ def prepare(
         }
         for c in classes
     }
-    meta = {
-        "image_size": params.image_size,
-        "labels": classes,
-        "num_train": len(train),
-        "num_val": len(val),
-    }
-    write_json(out_dir / "meta.json", meta)
+    Prepared(params.image_size, tuple(classes), len(train), len(val)).write(out_dir)
     report = {
         "num_classes": len(classes),
         "num_images": len(samples),

@@ -24,8 +24,8 @@ from .common import (
     ONNX_MODEL,
     PREPARED,
     PipelineError,
+    Prepared,
     load_settings,
-    read_json,
     run_cli,
     write_json,
 )
@@ -61,8 +61,7 @@ def _gate(name: str, result: dict, params: QuantizeParams) -> None:
 
 
 def quantize(model: Path, prepared: Path, out: Path, report: Path, params: QuantizeParams) -> dict:
-    meta = read_json(prepared / "meta.json")
-    size = int(meta["image_size"])
+    size = Prepared.read(prepared).image_size
     count = params.calibration_images
     calibration = np.stack(
         [img for img, _ in read_split(prepared, "train", size).take(count).as_numpy_iterator()]
@@ -79,7 +78,7 @@ def quantize(model: Path, prepared: Path, out: Path, report: Path, params: Quant
 
 def check_bf16(model: Path, prepared: Path, report: Path, params: QuantizeParams) -> dict:
     """The FP32 file on OpenVINO in bfloat16 against ONNX Runtime in FP32, on the held-out split."""
-    size = int(read_json(prepared / "meta.json")["image_size"])
+    size = Prepared.read(prepared).image_size
     images, labels = load_arrays(prepared, "val", size)
     fp32 = predict(session(model), images).argmax(1)
     bf16 = predict(OpenVinoSession(model, "bf16"), images).argmax(1)

@@ -26,9 +26,9 @@ from .common import (
     ROBUSTNESS_PLOT,
     ROBUSTNESS_REPORT,
     PipelineError,
+    Prepared,
     load_settings,
     quiet_tensorflow,
-    read_json,
     run_cli,
     write_json,
 )
@@ -144,8 +144,8 @@ def robustness(
     quiet_tensorflow()
     import keras
 
-    meta = read_json(prepared / "meta.json")
-    images, labels = load_arrays(prepared, "val", int(meta["image_size"]))
+    meta = Prepared.read(prepared)
+    images, labels = load_arrays(prepared, "val", meta.image_size)
     model = float_input_model(keras.models.load_model(keras_path, compile=False))
     grad = input_gradient(model, params.gradient_batch_size)
     sessions = {name: session(path) for name, path in onnx_models.items()}
@@ -226,7 +226,7 @@ def main() -> None:
     params = load_settings(RobustnessParams, "robustness")
     models = {"fp32": ONNX_MODEL, "int8": INT8_MODEL}
     rows = robustness(KERAS_MODEL, models, PREPARED, params)
-    num = read_json(PREPARED / "meta.json")["num_val"]
+    num = Prepared.read().num_val
     write_outputs(rows, int(num), params)
     print(f"robustness: curve in {ROBUSTNESS_CURVE}, plot in {ROBUSTNESS_PLOT}")
 

@@ -1,7 +1,9 @@
-"""Reading the prepared TFRecords (train, export parity sample and evaluation share this)."""
+"""The input pipelines over the prepared TFRecords: the streamed, augmented training batches,
+the validation batches, and the splits as arrays (export parity, evaluation, quantize)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from .common import quiet_tensorflow
@@ -9,6 +11,7 @@ from .common import quiet_tensorflow
 quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
 
+SHUFFLE_BUFFER = 2048  # images; bounds the shuffle's memory whatever the dataset size
 _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
@@ -65,3 +68,57 @@ def load_arrays(prepared: Path, split: str, image_size: int):
     if not images:
         return np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0,), np.int32)
     return np.stack(images), np.asarray(labels, dtype=np.int32)
+
+
+def cached(ds: tf.data.Dataset, mode: str, cache_dir: Path, name: str) -> tf.data.Dataset:
+    if mode == "memory":
+        return ds.cache()
+    if mode == "file":
+        return ds.cache(str(cache_dir / name))
+    return ds
+
+
+def training_data(
+    prepared: Path,
+    image_size: int,
+    *,
+    batch_size: int,
+    seed: int,
+    cache: str,
+    cache_dir: Path,
+    augment: Callable,
+    context: tf.distribute.InputContext | None = None,
+) -> tf.data.Dataset:
+    """This input pipeline's share of the shuffled, repeated, augmented training batches.
+
+    With several workers each reads its own shards (or every n-th record when there are fewer
+    shards than workers); ``.repeat()`` avoids Keras' per-epoch restart cost.
+    """
+    context = context or tf.distribute.InputContext()
+    files = split_files(prepared, "train")
+    n, i = context.num_input_pipelines, context.input_pipeline_id
+    enough = len(files) >= n
+    records = stream_records(files[i::n]) if enough else stream_records(files).shard(n, i)
+    ds = cached(decode(records, image_size), cache, cache_dir, "train")
+    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+
+    def apply(images, labels):
+        out = augment(tf.cast(images, tf.float32), training=True)
+        return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), labels
+
+    batch = context.get_per_replica_batch_size(batch_size)
+    # Sequential on purpose: the augmentation layers draw from one seeded stream, and parallel
+    # calls would take turns at it in a varying order (a cheap step next to a training step).
+    return ds.batch(batch).map(apply).prefetch(2)
+
+
+def validation_data(
+    prepared: Path, image_size: int, *, batch_size: int, cache: str, cache_dir: Path
+) -> tf.data.Dataset:
+    """The whole validation split once per ``ceil(n / batch)`` steps, split across replicas."""
+    records = tf.data.TFRecordDataset(split_files(prepared, "val"))
+    ds = cached(decode(records, image_size), cache, cache_dir, "val")
+    ds = ds.batch(batch_size).repeat()
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)

@@ -1,8 +1,8 @@
 """Get a servable model: the one path shared by ``make up`` / ``make model`` and Docker Compose.
 
-    python -m model_preparation.bootstrap               # (re)train and version: dvc repro + commit
-    python -m model_preparation.bootstrap --if-missing  # keep a model that is there, else get one
-    python -m model_preparation.bootstrap --data-only   # only make sure data/raw has images
+    python -m model_preparation.tools.bootstrap               # (re)train and version: dvc repro + commit
+    python -m model_preparation.tools.bootstrap --if-missing  # keep a model that is there, else get one
+    python -m model_preparation.tools.bootstrap --data-only   # only make sure data/raw has images
 
 ``--if-missing`` is what serving needs before Triton starts: it reuses a complete model
 repository, otherwise ``dvc pull``s from the configured DVC remote, and only when neither gives
@@ -20,25 +20,27 @@ import sys
 import time
 from pathlib import Path
 
+from imgcls.dvc import dvc
 from imgcls.lifecycle import Controller, LifecycleParams
 from imgcls.params import load_settings
 from imgcls.repository import ModelDir
 from imgcls.triton_control import TritonControl, admin_key
 
-from .common import (
+from ..common import (
     BF16_REPORT,
     INT8_REPORT,
     METRICS_REPORT,
     MODEL_REPOSITORY,
     PUBLISH_REPORT,
     RAW_DATA,
+    REPORTS,
     PipelineError,
     read_json,
     run_cli,
+    write_json,
 )
 
-# What the default demo takes on the 2-core machines this project is measured on (README).
-DEMO_BUILD_ESTIMATE = "≈ 9 min on 2 cores"
+BUILD_REPORT = REPORTS / "build.json"  # how long the last build took here, and on what
 
 
 def say(message: str) -> None:
@@ -71,16 +73,22 @@ def has_images(raw: Path = RAW_DATA) -> bool:
     return raw.is_dir() and any(p.is_file() for p in raw.rglob("*") if not p.name.startswith("."))
 
 
-def _run(cmd: list[str]) -> None:
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> None:
     """Run a step with its output on our console; a failure stops bootstrap with its exit code."""
     say("$ " + " ".join(cmd))
-    result = subprocess.run(cmd, check=False)
+    result = subprocess.run(cmd, check=False, env=env)
     if result.returncode != 0:
         raise PipelineError(f"`{' '.join(cmd)}` failed with exit code {result.returncode}")
 
 
+def _dvc(*args: str) -> None:
+    cmd, env = dvc(*args)
+    _run(cmd, env)
+
+
 def _dvc_remote() -> str | None:
-    out = subprocess.run(["dvc", "remote", "list"], capture_output=True, text=True, check=False)
+    cmd, env = dvc("remote", "list")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
     return lines[0] if out.returncode == 0 and lines else None
 
@@ -88,7 +96,8 @@ def _dvc_remote() -> str | None:
 def pull(remote: str) -> bool:
     """``dvc pull`` the data and the served model; False (with the reason) if that fails."""
     say(f"DVC remote {remote!r} is configured: dvc pull (data.dvc, model.dvc)")
-    result = subprocess.run(["dvc", "pull", "data.dvc", "model.dvc"], check=False)
+    cmd, env = dvc("pull", "data.dvc", "model.dvc")
+    result = subprocess.run(cmd, check=False, env=env)
     if result.returncode != 0:
         say(f"dvc pull failed (exit {result.returncode}): building the model here instead")
         return False
@@ -100,8 +109,8 @@ def ensure_data() -> None:
         say(f"using the images in {RAW_DATA}/")
         return
     say(f"{RAW_DATA}/ is empty: generating the seeded demo dataset (params.yaml 'demo')")
-    _run([sys.executable, "-m", "model_preparation.demo_data"])
-    _run(["dvc", "add", "-q", "data"])
+    _run([sys.executable, "-m", "model_preparation.tools.demo_data"])
+    _dvc("add", "-q", "data")
 
 
 def build() -> None:
@@ -109,12 +118,14 @@ def build() -> None:
     ensure_data()
     say(
         f"running the pipeline: prepare → train → export → evaluate → quantize → robustness → publish "
-        f"({DEMO_BUILD_ESTIMATE} for the demo data; one line per epoch)"
+        f"({_estimate()}; one line per epoch)"
     )
     started = time.monotonic()
-    _run(["dvc", "repro"])
-    _run(["dvc", "commit", "-q", "-f", "model.dvc"])
-    say(f"pipeline done in {_minutes(time.monotonic() - started)}; {_accuracy_line()}")
+    _dvc("repro")
+    _dvc("commit", "-q", "-f", "model.dvc")
+    seconds = time.monotonic() - started
+    say(f"pipeline done in {_minutes(seconds)}; {_accuracy_line()}")
+    _record(seconds)
     _after_publish(read_json(PUBLISH_REPORT))
 
 
@@ -164,6 +175,22 @@ def _accuracy_line() -> str:
     bf16 = read_json(BF16_REPORT).get("bf16_accuracy") if BF16_REPORT.is_file() else None
     also = f", {bf16:.4f} BF16" if bf16 is not None else ""
     return f"held-out accuracy {fp32:.4f} FP32, {int8:.4f} INT8{also} (`dvc metrics show`: all)"
+
+
+def _estimate() -> str:
+    """How long this takes, from the last build recorded in the checkout (no figure in code)."""
+    try:
+        last = read_json(BUILD_REPORT)
+        return (f"≈ {max(1, round(last['seconds'] / 60))} min on {last['cpus']} cores the last "
+                f"time, {last['images']} images, {last['date']}")  # fmt: skip
+    except (OSError, KeyError, ValueError):
+        return "no build recorded here yet to say how long"
+
+
+def _record(seconds: float) -> None:
+    images = sum(1 for p in RAW_DATA.rglob("*") if p.is_file() and not p.name.startswith("."))
+    write_json(BUILD_REPORT, {"seconds": round(seconds), "cpus": len(os.sched_getaffinity(0)),
+                              "images": images, "date": time.strftime("%Y-%m-%d")})  # fmt: skip
 
 
 def _minutes(seconds: float) -> str:

@@ -1,6 +1,6 @@
 """``make compare``: which optimizer? The same data, budget and seeds, one DVC experiment each.
 
-    python -m model_preparation.compare [--out reports/optimizers]
+    python -m model_preparation.tools.compare [--out reports/optimizers]
 
 For every optimizer × seed of params.yaml ``compare``, runs ``dvc exp run --temp`` of the train
 stage, named ``opt-<optimizer>-s<seed>`` so ``dvc exp show`` and ``dvc plots diff`` list them; the
@@ -21,7 +21,6 @@ import csv
 import io
 import itertools
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -30,7 +29,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import OPTIMIZERS, PipelineError, load_settings, run_cli
+from imgcls.dvc import dvc
+
+from ..common import OPTIMIZERS, PipelineError, load_settings, run_cli
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+ .* \((\d+)s\)$")
 CURVES = {
@@ -80,14 +81,6 @@ class RunResult:
     best_val_loss: float
     epochs_to_target: int | None
     seconds_per_epoch: float
-
-
-def dvc(*args: str) -> tuple[list[str], dict[str, str]]:
-    """A ``dvc`` command run by this interpreter, with its environment first on PATH: the
-    stages' ``python -m …`` must find the same environment even when it is not activated."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return [sys.executable, "-m", "dvc", *args], env
 
 
 def experiment_name(optimizer: str, seed: int) -> str:

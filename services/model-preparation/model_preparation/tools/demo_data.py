@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .common import RAW_DATA, PipelineError, load_settings, run_cli
+from ..common import RAW_DATA, PipelineError, load_settings, run_cli
 
 SHAPES = ("circle", "square", "triangle", "cross", "star")
 

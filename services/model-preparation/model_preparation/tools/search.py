@@ -1,6 +1,6 @@
 """``make search``: hyperparameter search with Optuna, pruning bad trials as they train.
 
-    python -m model_preparation.search [--trials N] [--run-best] [--out reports/search]
+    python -m model_preparation.tools.search [--trials N] [--run-best] [--out reports/search]
 
 The space, the sampler (TPE, random, CMA-ES, grid), the pruner (median, Hyperband, none) and the
 per-trial budget are params.yaml ``search``; the other training settings are ``train``'s. Each
@@ -31,16 +31,18 @@ from typing import Any
 
 import yaml
 
-from .common import (
+from imgcls.dvc import dvc
+
+from ..common import (
     ARTIFACTS,
     PREPARED,
     PipelineError,
+    Prepared,
     load_params,
     load_settings,
     parse_settings,
     run_cli,
 )
-from .compare import dvc
 
 SEARCH_DIR = ARTIFACTS / "search"
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
@@ -185,7 +187,7 @@ def objective_for(params: SearchParams, train_section: dict):
     import keras
     import optuna
 
-    from .train import TrainParams, train
+    from ..train import TrainParams, train
 
     def objective(trial) -> float:
         keras.backend.clear_session()  # one process, many trials: drop the last one's graphs
@@ -201,7 +203,7 @@ def objective_for(params: SearchParams, train_section: dict):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
-        history = train(PREPARED, None, settings, None, on_epoch=report)
+        history = train(PREPARED, settings, on_epoch=report)
         best = min(history, key=lambda h: h["val_loss"])
         trial.set_user_attr("val_accuracy", best["val_accuracy"])
         return best["val_loss"]
@@ -325,8 +327,7 @@ def main() -> None:
     params = load_settings(SearchParams, "search")
     if args.trials is not None:
         params = dataclasses.replace(params, trials=args.trials)
-    if not (PREPARED / "meta.json").exists():
-        raise PipelineError(f"no prepared data in {PREPARED}: run `dvc repro prepare` first")
+    Prepared.read()  # a clear error when prepare has not run
     train_section = load_params("train")
     apply_overrides(train_section, dict.fromkeys(params.space), params)  # names checked up front
     import optuna

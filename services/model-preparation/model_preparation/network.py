@@ -1,0 +1,68 @@
+"""The network the train stage fits: ResNet50V2 from scratch with its input scaling and head, its
+optimizers, and the augmentation of its training batches (Keras)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .common import INPUT_NAME, OUTPUT_NAME, quiet_tensorflow
+
+quiet_tensorflow()
+import keras  # noqa: E402
+
+from .adasmooth import AdaSmooth  # noqa: E402
+
+if TYPE_CHECKING:
+    from .train import AugmentParams, TrainParams
+
+
+def build_model(image_size: int, num_classes: int, bn_momentum: float = 0.9) -> keras.Model:
+    """uint8 pixels → Rescaling to [-1, 1] → ResNet50V2 (random init) → softmax.
+
+    BatchNorm momentum is lowered from Keras' 0.99: on short from-scratch runs the moving
+    averages otherwise lag the weights and inference-mode accuracy collapses. The head computes
+    in float32 even under mixed precision, so the softmax stays exact.
+    """
+    inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+    backbone = keras.applications.ResNet50V2(
+        weights=None, include_top=False, input_shape=(image_size, image_size, 3), pooling="avg"
+    )
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    x = backbone(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name=OUTPUT_NAME
+    )(x)
+    return keras.Model(inputs, outputs, name="resnet50v2_classifier")
+
+
+def make_optimizer(params: TrainParams, policy: str) -> keras.optimizers.Optimizer:
+    """The optimizer ``train.optimizer`` names; float16 compute (``policy``) gets loss scaling."""
+    lr = params.learning_rate
+    if params.optimizer == "adam":
+        optimizer = keras.optimizers.Adam(lr)
+    elif params.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(lr, momentum=params.momentum, nesterov=True)
+    elif params.optimizer == "adagrad":
+        optimizer = keras.optimizers.Adagrad(lr)
+    else:
+        optimizer = AdaSmooth(lr)
+    if policy == "mixed_float16":  # bfloat16 has float32's range: no scaling
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
+    """Flip / rotation / contrast, used on the training batches only, each seeded."""
+    layers = []
+    if params.flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+    if params.rotation:
+        layers.append(
+            keras.layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed + 1)
+        )
+    if params.contrast:
+        layers.append(keras.layers.RandomContrast(params.contrast, seed=seed + 2))
+    return keras.Sequential(layers, name="augmentation")
