@@ -12,6 +12,8 @@ import pytest
 
 from model_preparation.adasmooth import AdaSmooth
 
+pytestmark = pytest.mark.slow  # imports TensorFlow (Keras' backend): not for the seconds tier
+
 
 def _minimise(optimizer, steps: int, scales=(1.0, 10.0, 0.1), target=(3.0, -2.0, 0.5)):
     """Ill-conditioned quadratic Σ s_i (x_i - t_i)²; returns the final x."""

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.bench]
 
 
 def test_pipeline_bench_measures_prepare_train_and_export(tmp_path):
