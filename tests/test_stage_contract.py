@@ -33,6 +33,7 @@ STAGE_SETTINGS = {
     "evaluate": "model_preparation.evaluate:EvaluateParams",
     "quantize": "model_preparation.quantize:QuantizeParams",
     "robustness": "model_preparation.robustness:RobustnessParams",
+    "reference": "model_preparation.reference:ReferenceParams",
     "publish": "model_preparation.publish:PublishParams",
     "demo": "model_preparation.tools.demo_data:DemoParams",
     "compare": "model_preparation.tools.compare:CompareParams",

@@ -10,8 +10,11 @@ from pathlib import Path
 
 #: The model's one input: uint8 pixels ``N×H×W×3``, letterboxed by ``imgcls.preprocessing``.
 INPUT_NAME = "image"
-#: The model's one output: softmax probabilities ``N×classes``.
+#: The model's output: softmax probabilities ``N×classes``.
 OUTPUT_NAME = "probabilities"
+#: Its second output where the pipeline added one: how unlike the training data each input is
+#: (``N×1``; ``model_preparation/reference.py``).
+DRIFT_NAME = "drift"
 #: The model the API answers with when a request names none (``MODEL_NAME``).
 DEFAULT_MODEL = "resnet50v2"
 #: The INT8 sibling of a model is served as ``<name><INT8_SUFFIX>``.

@@ -8,6 +8,7 @@ with black) — the model itself does the rescaling to its own range.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from pathlib import Path
@@ -137,3 +138,10 @@ def letterbox_array(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarr
     if arr.shape[:2] == target:
         return np.ascontiguousarray(arr)
     return letterbox_image(Image.fromarray(arr), target)
+
+
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """The digest of an image as the model saw it (shape and pixels): how feedback and harvest
+    know an image is the one that was answered, whatever file it travelled in."""
+    arr = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return hashlib.sha256(repr(arr.shape).encode() + arr.tobytes()).hexdigest()

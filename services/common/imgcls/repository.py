@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .contract import DRIFT_NAME
 from .params import UserError
 
 MODES = ("canary", "shadow")
@@ -101,6 +102,9 @@ class Version:
     size: int
     accuracy: float | None = None  # held-out accuracy measured by the pipeline
     published_at: str = ""
+    # the graph's second output, DRIFT_NAME: above this score an input is unfamiliar (None: no
+    # such output, a version published before the reference stage existed)
+    drift_threshold: float | None = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -118,6 +122,7 @@ class Version:
             accuracy=None if raw.get("accuracy") is None else float(raw["accuracy"]),
             published_at=str(raw.get("published_at", "")),
             source=dict(raw.get("source", {})),
+            drift_threshold=_optional_float(raw.get("drift_threshold")),
         )
 
 
@@ -171,12 +176,23 @@ class Lifecycle:
         )
 
 
+def _optional_float(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
 def labels_from_parameters(params: Mapping[str, str]) -> dict[int, tuple[str, ...]]:
     """``{version: labels}`` of every loaded version, from a config's parameters."""
     key = PREFIX + "labels."
     return {
         int(k[len(key) :]): tuple(json.loads(v)) for k, v in params.items() if k.startswith(key)
     }
+
+
+def drift_from_parameters(params: Mapping[str, str]) -> dict[int, float]:
+    """``{version: threshold}`` where the config declares the drift output (every loaded
+    version has it), else empty."""
+    key = PREFIX + "drift."
+    return {int(k[len(key) :]): float(v) for k, v in params.items() if k.startswith(key)}
 
 
 def config_parameters(config: Mapping[str, Any]) -> dict[str, str]:
@@ -215,14 +231,23 @@ def parameters_in(config_text: str) -> dict[str, str]:
     return {_unquote(k): _unquote(v) for k, v in _PARAMETER.findall(config_text)}
 
 
-def render_config(serving: Serving, state: Lifecycle, labels: Mapping[int, tuple[str, ...]]) -> str:
+def render_config(
+    serving: Serving,
+    state: Lifecycle,
+    labels: Mapping[int, tuple[str, ...]],
+    drift: Mapping[int, float | None] | None = None,
+) -> str:
     """config.pbtxt for Triton's native ONNX Runtime backend (and the local shim).
 
     ``labels`` holds those of every loaded version. Triton's classification extension reads a
     labels file named in the config, one per model: it names the serving version's only while
     every loaded version has the same labels; otherwise there is none (no wrong names).
+    ``drift`` holds the loaded versions' drift thresholds: the config declares the drift output
+    only when every loaded version has one (a config's outputs are the model's, for all of its
+    versions; a version without the output would not load).
     """
     inp, out = serving.input, serving.output
+    thresholds = _all_thresholds(state, drift or {})
     same = len({labels[v] for v in state.loaded}) == 1
     label_file = f"    label_filename: {_quote(f'{state.serving}/labels.txt')}\n" if same else ""
     is_image = len(inp.dims) == 3 and inp.dims[-1] in (1, 3)
@@ -244,7 +269,7 @@ output [
     name: {_quote(out.name)}
     data_type: {out.datatype}
     dims: {_dims(out.dims)}
-{label_file}  }}
+{label_file}  }}{_drift_output(thresholds)}
 ]
 {_batching(serving)}instance_group [
   {{
@@ -260,7 +285,24 @@ output [
         text += _parameter(key, value)
     for version in state.loaded:
         text += _parameter(f"{PREFIX}labels.{version}", json.dumps(list(labels[version])))
+    for version, threshold in thresholds.items():
+        text += _parameter(f"{PREFIX}drift.{version}", repr(threshold))
     return text
+
+
+def _all_thresholds(state: Lifecycle, drift: Mapping[int, float | None]) -> dict[int, float]:
+    found = {v: drift.get(v) for v in state.loaded}
+    if any(t is None for t in found.values()):
+        return {}
+    return {v: float(t) for v, t in found.items() if t is not None}
+
+
+def _drift_output(thresholds: Mapping[int, float]) -> str:
+    if not thresholds:
+        return ""
+    return (
+        f",\n  {{\n    name: {_quote(DRIFT_NAME)}\n    data_type: TYPE_FP32\n    dims: [ 1 ]\n  }}"
+    )
 
 
 def _model_file(serving: Serving) -> str:
@@ -475,8 +517,10 @@ class ModelDir:
         write_atomic(self.path / "model.json", json.dumps(serving.to_json(), indent=2) + "\n")
 
     def render(self, state: Lifecycle) -> str:
-        labels = {v: self.version(v).labels for v in state.loaded}
-        return render_config(self.serving_config(), state, labels)
+        versions = {v: self.version(v) for v in state.loaded}
+        labels = {v: meta.labels for v, meta in versions.items()}
+        drift = {v: meta.drift_threshold for v, meta in versions.items()}
+        return render_config(self.serving_config(), state, labels, drift)
 
     def write_config(self, state: Lifecycle) -> str:
         """Render and replace config.pbtxt; returns the text it replaced ("" if none)."""

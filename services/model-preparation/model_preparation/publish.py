@@ -8,7 +8,9 @@ under a hidden name and renamed into place in one step, never over a file Triton
 one (another size or tensor name is another model: change ``model_name``). The served file is the
 verified artifact with its class dimension made variable (one config serves versions with
 different numbers of classes) and its labels in the ONNX metadata; its outputs are checked equal to
-the artifact's. A model that is on disk already (a rerun, data put back) adds nothing. The repository is versioned by
+the artifact's. Where the ``reference`` stage ran, each served graph also outputs ``drift`` (how
+unlike the training data each input is, ``reference.py``), checked against the reference's own
+numbers, and the version records its threshold. A model that is on disk already (a rerun, data put back) adds nothing. The repository is versioned by
 ``model.dvc`` (``make model`` commits it), see README "Changing the model in production".
 """
 
@@ -34,6 +36,7 @@ from .common import (
     MODEL_REPOSITORY,
     ONNX_MODEL,
     PUBLISH_REPORT,
+    REFERENCE,
     PipelineError,
     load_settings,
     read_json,
@@ -41,7 +44,8 @@ from .common import (
     run_cli,
     write_json,
 )
-from .onnx_utils import TensorSpec, session, signature
+from .onnx_utils import TensorSpec, add_drift_output, session, signature
+from .reference import Reference, embedder, features
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PublishParams:
     intra_op_threads: int  # per instance; 0 = the runtime's default (every core)
     int8: bool  # also serve the INT8 model as <model_name>_int8
     bf16: bool  # also serve the FP32 graph on OpenVINO in bfloat16 as <model_name>_bf16
+    drift: bool  # append the reference stage's drift score to every served graph
 
 
 def serving_config(
@@ -90,24 +95,35 @@ def _signature(model: Path) -> tuple[TensorSpec, TensorSpec]:
     return inputs[0], outputs[0]
 
 
-def served_onnx(model: Path, labels: list[str], out: Path) -> None:
-    """The artifact with a variable class dimension and its labels in the metadata; refused
-    unless ONNX Runtime gives the same outputs for both on a probe batch."""
+def served_onnx(
+    model: Path, labels: list[str], out: Path, reference: Reference | None = None
+) -> None:
+    """The artifact with a variable class dimension, its labels in the metadata and, with a
+    ``reference``, the drift output; refused unless ONNX Runtime gives the artifact's
+    probabilities, and the reference's scores, on a probe batch."""
     graph = onnx.load(str(model))
     dim = graph.graph.output[0].type.tensor_type.shape.dim[-1]
     dim.Clear()
     dim.dim_param = "classes"
+    if reference is not None:
+        add_drift_output(graph, reference.tensor, reference.axes, reference.projection,
+                         reference.offset, reference.class_means)  # fmt: skip
     onnx.helper.set_model_props(graph, {"imgcls.labels": json.dumps(labels)})
     onnx.save(graph, str(out))
     try:
         original, served = session(model), session(out)
     except Exception as exc:
-        raise PipelineError(f"ONNX Runtime cannot open {model}: {exc}") from None
+        raise PipelineError(f"ONNX Runtime cannot open {model} or its served copy: {exc}") from None
     shape = [d if d > 0 else 2 for d in _signature(model)[0].dims]
     probe = np.random.default_rng(0).integers(0, 256, (2, *shape), dtype=np.uint8)
     name = original.get_inputs()[0].name
-    if not np.array_equal(original.run(None, {name: probe})[0], served.run(None, {name: probe})[0]):
+    outputs = served.run(None, {name: probe})
+    if not np.array_equal(original.run(None, {name: probe})[0], outputs[0]):
         raise PipelineError(f"the served copy of {model} does not answer like the artifact")
+    if reference is not None:
+        expected = reference.score(features(*embedder(model, reference.tensor), probe, 2)[0])
+        if not np.allclose(outputs[1][:, 0], expected, rtol=1e-3, atol=1e-3):
+            raise PipelineError(f"the drift output of {model} does not match the reference")
 
 
 def publish_model(
@@ -118,6 +134,7 @@ def publish_model(
     params: PublishParams,
     accuracy: float | None = None,
     precision: str = "",
+    reference: Reference | None = None,
 ) -> dict:
     """Add ``model`` as the next version of ``name`` (or reuse one on disk that is the same)."""
     inp, out = _signature(model)
@@ -131,20 +148,22 @@ def publish_model(
         state = target.state() if target.exists() else None
         if state is not None:
             target.check_compatible(serving.input, serving.output, f"the new {model}")
-        source = md5sum(model)
+        source = {"artifact": str(model), "md5": md5sum(model)}
+        if reference is not None:
+            source["reference_md5"] = reference.md5
         same = [
             v
             for v in map(target.version, target.versions() if state else [])
-            if v.source.get("md5") == source and list(v.labels) == labels
+            if _same_source(v.source, source) and list(v.labels) == labels
         ]
         if same:  # this very model is on disk already (a rerun, or data put back): no new version
             version, added = same[-1], False
         else:
             with tempfile.TemporaryDirectory(prefix="imgcls-publish-") as tmp:
                 served = Path(tmp) / "model.onnx"
-                served_onnx(model, labels, served)
+                served_onnx(model, labels, served, reference)
                 meta = Version(0, tuple(labels), serving.input, serving.output, "", 0, accuracy,
-                               source={"artifact": str(model), "md5": source})  # fmt: skip
+                               source=source, drift_threshold=reference and reference.threshold)  # fmt: skip
                 version, added = target.add_version(served, meta), True
         target.write_serving(serving)
         first = state is None
@@ -160,6 +179,11 @@ def publish_model(
             "pruned": pruned}  # fmt: skip
 
 
+def _same_source(old: dict, new: dict) -> bool:
+    """The same artifact, with the same drift reference (or none on either side)."""
+    return all(old.get(k) == new.get(k) for k in ("md5", "reference_md5"))
+
+
 def publish(
     model: Path,
     labels_file: Path,
@@ -168,20 +192,21 @@ def publish(
     int8_model: Path | None = None,
     accuracy: dict[str, float | None] | None = None,
     bf16: bool = False,
+    reference: Reference | None = None,
 ) -> dict:
     """The FP32 model as ``model_name`` and, when asked, its INT8 and BF16 siblings.
     ``accuracy``: held-out accuracy by variant (``fp32``, ``int8``, ``bf16``)."""
     name, acc = params.model_name, accuracy or {}
     labels = read_labels(labels_file)
-    receipt = publish_model(name, model, labels, repository, params, acc.get("fp32"))
+    receipt = publish_model(
+        name, model, labels, repository, params, acc.get("fp32"), reference=reference
+    )
     if int8_model is not None:
-        receipt["int8"] = publish_model(
-            int8_name(name), int8_model, labels, repository, params, acc.get("int8")
-        )
+        receipt["int8"] = publish_model(int8_name(name), int8_model, labels, repository, params,
+                                        acc.get("int8"), reference=reference)  # fmt: skip
     if bf16:
-        receipt["bf16"] = publish_model(
-            bf16_name(name), model, labels, repository, params, acc.get("bf16"), "bf16"
-        )
+        receipt["bf16"] = publish_model(bf16_name(name), model, labels, repository, params,
+                                        acc.get("bf16"), "bf16", reference)  # fmt: skip
     return receipt
 
 
@@ -207,8 +232,9 @@ def main() -> None:
             "publish.bf16 serves the BF16 variant, but the quantize stage did not check it "
             "(set quantize.bf16: true)"
         )
+    reference = Reference.load(REFERENCE) if params.drift else None
     receipt = publish(
-        ONNX_MODEL, LABELS_FILE, MODEL_REPOSITORY, params, int8, accuracy, params.bf16
+        ONNX_MODEL, LABELS_FILE, MODEL_REPOSITORY, params, int8, accuracy, params.bf16, reference
     )
     write_json(PUBLISH_REPORT, receipt)
     for entry in (receipt, receipt.get("int8"), receipt.get("bf16")):
