@@ -30,7 +30,7 @@ def _build_inputs() -> list[str]:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
     code = sorted({d for s in stages for d in s["deps"] if d.startswith("services/")})
     return ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "model.dvc",
-            "requirements/train.txt", "services/model-preparation/model_preparation/demo_data.py",
+            "requirements/train.txt", "services/model-preparation/model_preparation/tools/demo_data.py",
             *code]  # fmt: skip
 
 
@@ -170,15 +170,37 @@ def api(triton, tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def capture_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("capture")
+
+
+@pytest.fixture(scope="session")
+def captured_api(triton, capture_dir, tmp_path_factory):
+    """A second real API on the same Triton with the capture store and /feedback on (every
+    request's images kept: CAPTURE_RATE=1)."""
+    from local_stack.api import ApiServer
+
+    env = {"CAPTURE_DIR": str(capture_dir), "CAPTURE_RATE": "1", "WEB_CONCURRENCY": "2"}
+    server = ApiServer(triton.url, workdir=tmp_path_factory.mktemp("captured-api"), env=env)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 class InMemoryGateway:
     """Stands in for ``TritonGateway`` in *unit* tests of the API (parsing, errors, responses).
 
     Serves the default ``MODELS`` (FP32, INT8, BF16). Probabilities are a
     deterministic function of each image's mean colour, so a test can tell which image produced
-    which result. Tests that claim to test Triton use the real one.
+    which result; so is the drift score (mean brightness / 100, threshold 1: a bright image is
+    unfamiliar). Tests that claim to test Triton use the real one.
     """
 
-    def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4):
+    def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4,
+                 drift_threshold: float | None = 1.0):  # fmt: skip
         from imgcls.contract import DEFAULT_MODELS
         from imgcls_api.triton import ModelInfo
 
@@ -194,6 +216,7 @@ class InMemoryGateway:
                 labels=tuple(labels),
                 max_batch_size=max_batch_size,
                 fetched_at=0.0,
+                drift_threshold=drift_threshold,
             )
             for name in DEFAULT_MODELS
         }
@@ -227,13 +250,17 @@ class InMemoryGateway:
     def infer(self, images, model: str):
         import numpy as np
 
+        from imgcls_api.triton import Outputs
+
         info = self._check(model)
         self.batches.append(images)
         self.models.append(model)
         logits = images.reshape(len(images), -1, 3).mean(axis=1)[:, : len(info.labels)]
         logits = np.pad(logits, ((0, 0), (0, len(info.labels) - logits.shape[1])))
         exp = np.exp((logits - logits.max(axis=1, keepdims=True)) / 32.0)
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32), info
+        probs = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        drift = images.reshape(len(images), -1).mean(axis=1).astype(np.float32) / 100
+        return Outputs(probs, drift if info.drift_threshold is not None else None), info
 
 
 @pytest.fixture()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from . import auth, observability, openapi, web
+from . import auth, feedback, observability, openapi, web
+from .capture import CaptureStore
 from .errors import register_error_handlers
 from .routes import bp
 from .settings import Settings
@@ -26,11 +28,17 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     app.extensions["admission"] = (
         threading.BoundedSemaphore(settings.max_in_flight) if settings.max_in_flight > 0 else None
     )
+    app.extensions["capture"] = (
+        CaptureStore(Path(settings.capture_dir), settings.capture_rate, settings.capture_max_mb)
+        if settings.capture_dir
+        else None
+    )
     observability.configure_logging(settings.api_log_level)
     observability.init_app(app)
     auth.init_app(app, settings)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    feedback.init_app(app, settings)
     app.register_blueprint(openapi.bp)
     web.init_app(app)
     return app

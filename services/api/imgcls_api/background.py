@@ -1,9 +1,12 @@
-"""Work that must not delay the answer: the shadow and comparison calls to a second version.
+"""Work that must not delay the answer: the shadow and comparison calls to a second version
+(``triton.py``), and the capture store's writes (``capture.py``).
 
-A user's answer never waits for them. At most ``limit`` run at once per worker; beyond that a
-comparison is skipped and counted (``api_mirror_dropped_total``): under overload the candidate's
-statistics thin out instead of the service slowing down. Under gevent each runs in a greenlet;
-under threads (gthread), on a small pool.
+A user's answer never waits for them. At most ``limit`` run at once per worker; beyond that the
+work is not done and the caller counts it (``api_mirror_skipped_total``,
+``api_capture_failures_total{reason="busy"}``): under overload the statistics thin out instead of
+the service slowing down. Under gevent, network work runs in a greenlet (it yields while it
+waits) and disk work on the hub's thread pool (a file write would block every greenlet of the
+worker); under threads (gthread), both run on a small pool.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from .cooperative import gevent_active
 log = logging.getLogger(__name__)
 
 
-class Mirror:
-    def __init__(self, limit: int) -> None:
+class Background:
+    def __init__(self, limit: int, name: str, disk: bool = False) -> None:
         self._slots = threading.BoundedSemaphore(max(limit, 1))
+        self._name, self._disk = name, disk
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
@@ -29,11 +33,20 @@ class Mirror:
         if not self._slots.acquire(blocking=False):
             return False
 
+        work = fn
+        if gevent_active() and self._disk:
+            import gevent
+
+            # A greenlet waits while a pool thread writes: the slot is taken and released on
+            # the hub's own thread.
+            def work() -> None:
+                gevent.get_hub().threadpool.apply(fn)
+
         def run() -> None:
             try:
-                fn()
-            except Exception:  # a comparison must never take a worker down
-                log.exception("comparison call failed")
+                work()
+            except Exception:  # background work must never take a worker down
+                log.exception("%s failed", self._name)
             finally:
                 self._slots.release()
 
@@ -48,5 +61,6 @@ class Mirror:
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="mirror")
+                workers = 1 if self._disk else 4
+                self._pool = ThreadPoolExecutor(workers, thread_name_prefix=self._name)
             return self._pool

@@ -25,7 +25,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class _Pending(Generic[T]):
     images: np.ndarray
     wake: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
-    result: tuple[np.ndarray, T] | None = None
+    result: tuple[Any, T] | None = None
     error: BaseException | None = None
 
 
@@ -46,11 +46,11 @@ class Batcher(Generic[T]):
 
     ``send(key, images)`` gets the images of whole requests stacked (at most ``max_batch(key)``
     images, unless one request alone has more) and returns ``(outputs, extra)`` with one output
-    row per image; each request gets its rows and the same ``extra``. An exception from ``send``
-    reaches every request of that batch. ``slots`` calls per key may be in flight at once.
+    row per image (anything sliced by rows: an array, ``triton.Outputs``); each request gets its
+    rows and the same ``extra``. An exception from ``send`` reaches every request of that batch. ``slots`` calls per key may be in flight at once.
     """
 
-    def __init__(self, send: Callable[[Hashable, np.ndarray], tuple[np.ndarray, T]],
+    def __init__(self, send: Callable[[Hashable, np.ndarray], tuple[Any, T]],
                  max_batch: Callable[[Hashable], int], slots: int = 1) -> None:  # fmt: skip
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -59,7 +59,7 @@ class Batcher(Generic[T]):
         self._queues: dict[Hashable, deque[_Pending[T]]] = {}
         self._in_flight: dict[Hashable, list[int]] = {}  # images of each call in flight
 
-    def submit(self, key: Hashable, images: np.ndarray) -> tuple[np.ndarray, T]:
+    def submit(self, key: Hashable, images: np.ndarray) -> tuple[Any, T]:
         """The outputs for ``images`` (N×…) and the ``extra`` of the call that carried them."""
         me: _Pending[T] = _Pending(images)
         with self._lock:

@@ -133,6 +133,58 @@ SPEC: dict = {
                 },
             }
         },
+        "/feedback": {
+            "post": {
+                "summary": "Say what an answered image really shows (needs CAPTURE_DIR)",
+                "description": "Names the answer by its request_id (the X-Request-ID header, also "
+                "in the answer) and the image's index in it. When the request's image was not "
+                "captured (CAPTURE_RATE), send the same image again; it is accepted only if its "
+                "pixels are those the model answered.",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Feedback"}},
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["request_id", "label"],
+                                "properties": {
+                                    "request_id": {"type": "string", "maxLength": 128},
+                                    "label": {"type": "string"},
+                                    "index": {"type": "integer", "minimum": 0, "default": 0},
+                                    "image": {"type": "string", "format": "binary"},
+                                },
+                            }
+                        },
+                    },
+                },
+                "responses": {
+                    "201": {
+                        "description": "stored (replaced: an earlier correction of that image)",
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/FeedbackStored"}
+                            }
+                        },
+                    },
+                    "400": _error_response("Missing or malformed request_id, label, index, image"),
+                    "401": _ERRORS["401"],
+                    "404": _error_response(
+                        "Feedback is off (no CAPTURE_DIR), or no answered request has that id"
+                    ),
+                    "413": _ERRORS["413"],
+                    "415": _ERRORS["415"],
+                    "422": _error_response(
+                        "Index not in the answer, a label the answering version does not have, "
+                        "image needed (not captured) or not the answered one"
+                    ),
+                    "429": _error_response(
+                        "More than FEEDBACK_PER_MINUTE from this client", retry_after=True
+                    ),
+                    "507": _error_response("Feedback fills the capture store: harvest it"),
+                },
+            }
+        },
         "/models": {
             "get": {
                 "summary": "The models ?model= may choose, with their readiness",
@@ -196,9 +248,10 @@ SPEC: dict = {
         "schemas": {
             "ModelList": {
                 "type": "object",
-                "required": ["default", "models"],
+                "required": ["default", "models", "feedback"],
                 "properties": {
                     "default": {"type": "string"},
+                    "feedback": {"type": "boolean", "description": "POST /feedback is on"},
                     "models": {
                         "type": "array",
                         "items": {
@@ -261,6 +314,42 @@ SPEC: dict = {
                         "type": "array",
                         "items": {"$ref": "#/components/schemas/Ranked"},
                     },
+                    "familiar": {
+                        "type": "boolean",
+                        "description": "false: the input looks unlike the training data (when "
+                        "the answering version has a drift reference)",
+                    },
+                    "drift": {"$ref": "#/components/schemas/Drift"},
+                },
+            },
+            "Drift": {
+                "type": "object",
+                "required": ["score", "threshold", "familiar"],
+                "properties": {
+                    "score": {"type": "number", "minimum": 0},
+                    "threshold": {"type": "number", "minimum": 0},
+                    "familiar": {"type": "boolean"},
+                },
+            },
+            "Feedback": {
+                "type": "object",
+                "required": ["request_id", "label"],
+                "properties": {
+                    "request_id": {"type": "string", "maxLength": 128},
+                    "label": {"type": "string"},
+                    "index": {"type": "integer", "minimum": 0, "default": 0},
+                    "image": {"type": "string", "format": "byte", "description": "base64 file"},
+                },
+            },
+            "FeedbackStored": {
+                "type": "object",
+                "required": ["request_id", "index", "label", "predicted", "replaced"],
+                "properties": {
+                    "request_id": {"type": "string"},
+                    "index": {"type": "integer"},
+                    "label": {"type": "string"},
+                    "predicted": {"type": "string"},
+                    "replaced": {"type": "boolean"},
                 },
             },
             "Prediction": {
@@ -268,16 +357,20 @@ SPEC: dict = {
                     {"$ref": "#/components/schemas/Result"},
                     {
                         "type": "object",
-                        "required": ["model"],
-                        "properties": {"model": {"$ref": "#/components/schemas/Model"}},
+                        "required": ["model", "request_id"],
+                        "properties": {
+                            "model": {"$ref": "#/components/schemas/Model"},
+                            "request_id": {"type": "string"},
+                        },
                     },
                 ]
             },
             "BatchPrediction": {
                 "type": "object",
-                "required": ["model", "results"],
+                "required": ["model", "request_id", "results"],
                 "properties": {
                     "model": {"$ref": "#/components/schemas/Model"},
+                    "request_id": {"type": "string", "description": "for POST /feedback"},
                     "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
                 },
             },
@@ -324,6 +417,7 @@ def document(settings: Settings) -> dict:
             param["schema"]["enum"] = list(settings.allowed_models)
     predict["security"] = _KEYED
     spec["paths"]["/models"]["get"]["security"] = _KEYED
+    spec["paths"]["/feedback"]["post"]["security"] = _KEYED
     return spec
 
 

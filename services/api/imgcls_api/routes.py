@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
-from . import inputs
+from . import inputs, monitoring
+from .capture import Answer, CaptureStore
 from .errors import ApiError
+from .monitoring import Familiarity
 from .settings import Settings
 from .triton import ModelInfo, TritonGateway
 
@@ -60,7 +62,8 @@ def models():
             if exc.status != 503:
                 raise
         listed.append(entry)
-    return jsonify({"default": _settings().model_name, "models": listed})
+    feedback = current_app.extensions.get("capture") is not None  # POST /feedback is on
+    return jsonify({"default": _settings().model_name, "models": listed, "feedback": feedback})
 
 
 def _chosen_model() -> str:
@@ -109,9 +112,14 @@ def _predict():
     gateway = _gateway()
     info = gateway.model_info(model)
     images = inputs.decode(request, info.size, settings.max_image_pixels, settings.max_batch_images)
-    probs, info = gateway.infer(np.stack(images), model)
-    results = [_result(p, info.labels, top_k) for p in probs]
-    body = {"model": _model_json(info)}
+    batch = np.stack(images)
+    outputs, info = gateway.infer(batch, model)
+    probs = outputs.probabilities
+    drift = monitoring.familiarity(outputs.drift, info.drift_threshold, len(probs))
+    monitoring.observe(info.name, info.version, info.labels, probs, drift, settings.low_confidence)
+    results = [_result(p, info.labels, top_k, d) for p, d in zip(probs, drift, strict=True)]
+    _capture(info, results, batch)
+    body = {"model": _model_json(info), "request_id": g.request_id}
     # One multipart image answers flat; several parts, JSON and .npy answer a list, even of one.
     if len(results) == 1 and request.mimetype == "multipart/form-data":
         body.update(results[0])
@@ -133,14 +141,27 @@ def _top_k() -> int | None:
     return value
 
 
-def _result(probs: np.ndarray, labels: tuple[str, ...], top_k: int | None) -> dict:
+def _result(
+    probs: np.ndarray, labels: tuple[str, ...], top_k: int | None, drift: Familiarity | None
+) -> dict:
     order = np.argsort(-probs, kind="stable")[: top_k or len(probs)]
     ranked = [{"label": labels[i], "probability": float(probs[i])} for i in order]
-    return {
+    result = {
         "label": ranked[0]["label"],
         "probability": ranked[0]["probability"],
         "predictions": ranked,
     }
+    if drift is not None:  # the version answers how unlike the training data the input is
+        result["familiar"] = drift.familiar
+        result["drift"] = drift.to_json()
+    return result
+
+
+def _capture(info: ModelInfo, results: list[dict], images: np.ndarray) -> None:
+    store: CaptureStore | None = current_app.extensions.get("capture")
+    if store is not None:
+        kept = [{k: r[k] for k in ("label", "probability", "drift") if k in r} for r in results]
+        store.capture(Answer(g.request_id, info.name, info.version, info.labels, kept, images))
 
 
 def _model_json(info: ModelInfo) -> dict:

@@ -65,8 +65,23 @@ class Settings(EnvSettings):
     api_keys_file: str = ""  # a file of keys, one per line (a mounted secret)
     metrics_require_key: bool = False  # with keys on, /metrics needs one too
     api_log_level: str = "info"  # the API's JSON log and gunicorn's own
+    low_confidence: float = 0.5  # top-1 probability below this counts as a low-confidence answer
+    capture_dir: str = ""  # the capture store (answers, a sample of images, feedback); "" = off
+    capture_rate: float = 0.1  # share of requests whose images are stored
+    capture_max_mb: float = 1024.0  # the store's cap: oldest requests deleted beyond it
+    feedback_per_minute: int = 30  # per client address and worker; beyond it a 429
 
     CHOICES: ClassVar = {"api_log_level": ("debug", "info", "warning", "error", "critical")}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("low_confidence", "capture_rate"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name.upper()}={getattr(self, name)!r} must be within 0–1")
+        if self.capture_max_mb <= 0:
+            raise ValueError(f"CAPTURE_MAX_MB={self.capture_max_mb!r} must be above 0")
+        if self.feedback_per_minute < 1:
+            raise ValueError("FEEDBACK_PER_MINUTE must be at least 1")
 
     @property
     def allowed_models(self) -> tuple[str, ...]:

@@ -14,7 +14,7 @@
   re-read when a response names a new version.
 - Candidates are compared with the serving version on live traffic (``api_candidate_comparisons
   _total``): a canary answer is also asked of the serving version, a shadowed request of the
-  candidate, in the background (``mirror.py``), never delaying the user's answer.
+  candidate, in the background (``background.py``), never delaying the user's answer.
 - Tensors travel with the binary data extension, not as JSON numbers. Failures are classified by
   Triton's HTTP status (message text only when there is none): unreachable or not ready → 503 with
   Retry-After, time-outs → 504, anything else Triton refuses → 502; never a hang, never a 500.
@@ -38,12 +38,18 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from imgcls.repository import Lifecycle, config_parameters, labels_from_parameters
+from imgcls.contract import DRIFT_NAME
+from imgcls.repository import (
+    Lifecycle,
+    config_parameters,
+    drift_from_parameters,
+    labels_from_parameters,
+)
 
+from .background import Background
 from .batching import Batcher
 from .cooperative import gevent_active
 from .errors import ApiError
-from .mirror import Mirror
 from .observability import (
     COMPARISONS,
     MIRROR_SKIPPED,
@@ -77,10 +83,34 @@ class ModelInfo:
     max_batch_size: int
     fetched_at: float
     pinned: bool = True  # False: ask Triton for its latest version (a repository not ours)
+    drift_threshold: float | None = None  # the version answers DRIFT_NAME too: above, unfamiliar
 
     @property
     def size(self) -> tuple[int, int]:
         return self.height, self.width
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one version answered for a batch, row by row (the batcher slices it per request)."""
+
+    probabilities: np.ndarray  # N × classes
+    drift: np.ndarray | None = None  # N drift scores, where the version has the output
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, rows: slice) -> Outputs:
+        drift = None if self.drift is None else self.drift[rows]
+        return Outputs(self.probabilities[rows], drift)
+
+    @staticmethod
+    def concatenate(parts: list[Outputs]) -> Outputs:
+        if len(parts) == 1:
+            return parts[0]
+        drifts = [p.drift for p in parts]
+        drift = None if any(d is None for d in drifts) else np.concatenate(drifts)
+        return Outputs(np.concatenate([p.probabilities for p in parts]), drift)
 
 
 @dataclass(frozen=True)
@@ -135,7 +165,7 @@ class TritonGateway:
         self._routes: dict[str, Route] = {}
         self._infos: dict[tuple[str, str], ModelInfo] = {}  # (model, version): never changes
         self._rng = random.Random()
-        self._mirror = Mirror(settings.mirror_max_pending)
+        self._mirror = Background(settings.mirror_max_pending, "comparison call")
         slots = settings.batch_slots
         self._batcher = Batcher(self._send, self._batch_limit, slots) if slots > 0 else None
 
@@ -241,25 +271,23 @@ class TritonGateway:
         config = self._call(model, lambda c: c.get_model_config(model))
         params = config_parameters(config)
         state, labels = Lifecycle.from_parameters(params), labels_from_parameters(params)
+        drift = drift_from_parameters(params)
         pinned = self._pinned_version(model)
+
+        def remember(version: int) -> ModelInfo:
+            info = _info_from_config(config, str(version), labels[version], fetched, pinned=True,
+                                     drift_threshold=drift.get(version))  # fmt: skip
+            self._infos[(info.name, info.version)] = info
+            return info
+
         if pinned.isdigit() and int(pinned) in labels:
-            return Route(self._remember(config, pinned, labels[int(pinned)], fetched), None)
+            return Route(remember(int(pinned)), None)
         if pinned or state is None or state.serving not in labels:
             return Route(self._probe_labels(model, config, pinned, fetched), fetched_at=fetched)
-        serving = self._remember(config, str(state.serving), labels[state.serving], fetched)
         candidate = None
         if state.candidate is not None and state.candidate in labels:
-            candidate = self._remember(
-                config, str(state.candidate), labels[state.candidate], fetched
-            )
-        return Route(serving, candidate, state.mode, state.percent, fetched)
-
-    def _remember(
-        self, config: dict, version: str, labels: tuple[str, ...], fetched: float
-    ) -> ModelInfo:
-        info = _info_from_config(config, version, labels, fetched, pinned=True)
-        self._infos[(info.name, info.version)] = info
-        return info
+            candidate = remember(state.candidate)
+        return Route(remember(state.serving), candidate, state.mode, state.percent, fetched)
 
     def _probe_labels(self, model: str, config: dict, version: str, fetched: float) -> ModelInfo:
         """A repository without our parameters: the latest (or ``MODEL_VERSION``), with labels
@@ -279,23 +307,23 @@ class TritonGateway:
         return info
 
     # -- inference -------------------------------------------------------------------------
-    def infer(self, images: np.ndarray, model: str) -> tuple[np.ndarray, ModelInfo]:
-        """Probabilities for a uint8 batch ``N×H×W×3`` already letterboxed to the model size,
-        and the version that answered (its labels with it)."""
+    def infer(self, images: np.ndarray, model: str) -> tuple[Outputs, ModelInfo]:
+        """Probabilities (and drift scores) for a uint8 batch ``N×H×W×3`` already letterboxed
+        to the model size, and the version that answered (its labels with it)."""
         route = self.route(model)
         for attempt in range(2):
             info, role = self._choose(route)
             started = time.perf_counter()
             try:
-                probs, info = self._submit(info, images)
+                outputs, info = self._submit(info, images)
             except VersionGone:
                 if attempt:
                     raise
                 route = self.route(model, newer_than=route.fetched_at)
                 continue
             _observe(info, role, started)
-            self._compare(route, role, images, probs, info)
-            return probs, info
+            self._compare(route, role, images, outputs.probabilities, info)
+            return outputs, info
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _choose(self, route: Route) -> tuple[ModelInfo, str]:
@@ -303,7 +331,7 @@ class TritonGateway:
             return route.candidate, "canary"
         return route.serving, "serving"
 
-    def _submit(self, info: ModelInfo, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+    def _submit(self, info: ModelInfo, images: np.ndarray) -> tuple[Outputs, ModelInfo]:
         key = (info.name, info.version, info.pinned, *images.shape[1:])
         if self._batcher is None:
             return self._send(key, images)
@@ -315,7 +343,7 @@ class TritonGateway:
         info = self._infos.get((key[0], key[1]))
         return info.max_batch_size if info else 1
 
-    def _send(self, key: tuple, images: np.ndarray) -> tuple[np.ndarray, ModelInfo]:
+    def _send(self, key: tuple, images: np.ndarray) -> tuple[Outputs, ModelInfo]:
         """One or more Triton calls (``max_batch_size`` images each) for one version."""
         info = self._infos[(key[0], key[1])]
         parts = []
@@ -331,20 +359,24 @@ class TritonGateway:
                 info = self.route(info.name, newer_than=info.fetched_at).serving
                 if (chunk.shape[1], chunk.shape[2]) != info.size:
                     raise self._unavailable("the model changed during the request; retry")
-            parts.append(result.as_numpy(info.output_name))
-        return np.concatenate(parts), info
+            drift = result.as_numpy(DRIFT_NAME) if info.drift_threshold is not None else None
+            parts.append(Outputs(result.as_numpy(info.output_name),
+                                 None if drift is None else drift.reshape(-1)))  # fmt: skip
+        return Outputs.concatenate(parts), info
 
     def _infer_raw(self, info: ModelInfo, batch: np.ndarray, class_count: int = 0):
         tensor = httpclient.InferInput(info.input_name, list(batch.shape), info.input_dtype)
         tensor.set_data_from_numpy(batch, binary_data=True)
-        output = httpclient.InferRequestedOutput(
+        outputs = [httpclient.InferRequestedOutput(
             info.output_name, binary_data=True, class_count=class_count
-        )
+        )]  # fmt: skip
+        if info.drift_threshold is not None and not class_count:
+            outputs.append(httpclient.InferRequestedOutput(DRIFT_NAME, binary_data=True))
         version = info.version if info.pinned else ""
         with TRITON_LATENCY.time():
             return self._call(
                 info.name,
-                lambda c: c.infer(info.name, [tensor], model_version=version, outputs=[output]),
+                lambda c: c.infer(info.name, [tensor], model_version=version, outputs=outputs),
                 version,
             )
 
@@ -365,7 +397,8 @@ class TritonGateway:
         def call() -> None:
             started = time.perf_counter()
             try:
-                other_probs, answered = self._submit(other, images)
+                other_outputs, answered = self._submit(other, images)
+                other_probs = other_outputs.probabilities
             except ApiError:
                 MIRROR_SKIPPED.labels(info.name, "failed").inc()
                 return
@@ -410,9 +443,17 @@ def _observe(info: ModelInfo, role: str, started: float) -> None:
 
 
 def _info_from_config(
-    config: dict, version: str, labels: tuple[str, ...], fetched: float, pinned: bool
+    config: dict,
+    version: str,
+    labels: tuple[str, ...],
+    fetched: float,
+    pinned: bool,
+    drift_threshold: float | None = None,
 ) -> ModelInfo:
-    (inp,), (out,) = config["input"], config["output"]
+    (inp,) = config["input"]
+    outputs = {o["name"]: o for o in config["output"]}
+    has_drift = DRIFT_NAME in outputs and drift_threshold is not None
+    (out,) = [o for name, o in outputs.items() if name != DRIFT_NAME]
     dims = [int(d) for d in inp["dims"]]
     if len(dims) != 3 or dims[-1] != 3:
         raise ApiError(502, "unsupported_model", f"model input shape {dims} is not H×W×3")
@@ -428,6 +469,7 @@ def _info_from_config(
         max_batch_size=int(config.get("max_batch_size", 0)) or 1,
         fetched_at=fetched,
         pinned=pinned,
+        drift_threshold=drift_threshold if has_drift else None,
     )
 
 

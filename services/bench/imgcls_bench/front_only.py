@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from imgcls_api import create_app
-from imgcls_api.triton import ModelInfo, Route
+from imgcls_api.triton import ModelInfo, Outputs, Route
 
 
 class MemoryGateway:
@@ -33,8 +33,8 @@ class MemoryGateway:
     def route(self, model: str) -> Route:
         return Route(self.info)
 
-    def infer(self, images: np.ndarray, model: str) -> tuple[np.ndarray, ModelInfo]:
-        return np.full((len(images), 3), 1 / 3, np.float32), self.info
+    def infer(self, images: np.ndarray, model: str) -> tuple[Outputs, ModelInfo]:
+        return Outputs(np.full((len(images), 3), 1 / 3, np.float32)), self.info
 
 
 def create():

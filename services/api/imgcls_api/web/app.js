@@ -1,9 +1,11 @@
-// The classification page: plain JavaScript, same-origin calls only (GET /models, POST /predict).
-// Each image is its own request, so each shows its own round-trip time and its own error.
+// The classification page: plain JavaScript, same-origin calls only (GET /models, POST /predict,
+// POST /feedback). Each image is its own request, so each shows its own round-trip time and its
+// own error; each answer says when the image looks unlike the training data and, when the API
+// keeps feedback (GET /models says so), takes a correction.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem("imgcls-api-key") || "", pending: [] };
+const state = { key: sessionStorage.getItem("imgcls-api-key") || "", pending: [], feedback: false };
 
 function headers() {
   return state.key ? { "X-API-Key": state.key } : {};
@@ -21,6 +23,7 @@ async function loadModels() {
     $("model-note").textContent = `models unavailable: ${err.message}`;
     return;
   }
+  state.feedback = body.feedback === true;
   select.replaceChildren();
   for (const m of body.models) {
     const option = new Option(m.ready ? m.name : `${m.name} (not ready)`, m.name);
@@ -78,6 +81,41 @@ function showPrediction(card, body, ms, file) {
   }
   card.querySelector(".meta").textContent =
     `${file.name || "pasted image"} · model ${body.model.name} v${body.model.version} · ${ms.toFixed(0)} ms round trip`;
+  card.querySelector(".unfamiliar").hidden = body.familiar !== false;
+  if (state.feedback && body.request_id) offerCorrection(card, body, file);
+}
+
+function offerCorrection(card, body, file) {
+  const form = card.querySelector(".correct");
+  const select = form.querySelector("select");
+  select.replaceChildren();
+  for (const p of body.predictions) select.add(new Option(p.label, p.label));
+  const other = body.predictions.find((p) => p.label !== body.label);
+  if (other) select.value = other.label;
+  form.hidden = false;
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const sent = form.querySelector(".sent");
+    const data = new FormData();
+    data.append("request_id", body.request_id);
+    data.append("index", "0");
+    data.append("label", select.value);
+    data.append("image", file, file.name || "pasted.png"); // used when the API did not keep it
+    sent.textContent = "sending…";
+    try {
+      const resp = await fetch("/feedback", { method: "POST", body: data, headers: headers() });
+      const answer = await resp.json().catch(() => null);
+      if (resp.ok) {
+        sent.textContent = `Thank you: saved as “${answer.label}” for the next training run.`;
+      } else {
+        const error = (answer && answer.error) || { message: resp.statusText };
+        const retry = resp.headers.get("Retry-After");
+        sent.textContent = `Not saved: ${error.message}${retry ? ` (try again in ${retry} s)` : ""}`;
+      }
+    } catch (err) {
+      sent.textContent = `Not saved: ${err.message}`;
+    }
+  });
 }
 
 function showError(card, resp, body, file) {
