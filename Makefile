@@ -10,9 +10,12 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
+# `make up` keeps what the model was asked and the users' corrections here (README "Monitoring
+# and feedback"); CAPTURE_DIR= (empty) turns capture and /feedback off.
+CAPTURE_DIR ?= $(CURDIR)/.capture
 
 .PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
-	status canary shadow promote rollback bench-lifecycle lock
+	status canary shadow promote rollback bench-lifecycle lock feedback harvest
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
@@ -24,6 +27,8 @@ help:
 	@echo "make shadow  PERCENT=100 VERSION=N: the candidate is asked in the background"
 	@echo "make promote VERSION=N FORCE=1: the candidate serves everything (gated)"
 	@echo "make rollback TO=N: drop the candidate, or serve the previous version again"
+	@echo "make feedback   the users' corrections waiting in CAPTURE_DIR (default .capture/)"
+	@echo "make harvest    add them to data/raw (IDS=\"id ...\" for some; then make model)"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
 	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
@@ -58,9 +63,18 @@ model: $(STAMP)
 
 # Reuse a complete model_repository, else `dvc pull` from a configured remote, else build one
 # (the same step as the compose stack's model-init service), then serve until stopped.
+up: export CAPTURE_DIR := $(CAPTURE_DIR)
 up: $(STAMP)
 	@$(BIN)/python -m model_preparation.tools.bootstrap --if-missing --repository $(MODEL_REPOSITORY)
 	$(BIN)/python -m local_stack --model-repository $(MODEL_REPOSITORY) $(UP_ARGS)
+
+# The production loop (README "Monitoring and feedback"): review, then train on the corrections.
+HARVEST := $(BIN)/python -m model_preparation.tools.harvest --store "$(CAPTURE_DIR)"
+feedback: $(STAMP)
+	@$(HARVEST) list
+
+harvest: $(STAMP)
+	@$(HARVEST) import $(if $(IDS),$(IDS),--all)
 
 # Changing the served model (README "Changing the model in production"): the running stack's
 # Triton (make up) is told through its admin API; TRITON_URL / API_URL point elsewhere.

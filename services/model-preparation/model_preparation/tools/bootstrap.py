@@ -106,7 +106,8 @@ def pull(remote: str) -> bool:
 
 def ensure_data() -> None:
     if has_images():
-        say(f"using the images in {RAW_DATA}/")
+        say(f"using the images in {RAW_DATA}/ (recorded in data.dvc: dvc add data)")
+        _dvc("add", "-q", "data")  # harvested feedback, new images: the model names its data
         return
     say(f"{RAW_DATA}/ is empty: generating the seeded demo dataset (params.yaml 'demo')")
     _run([sys.executable, "-m", "model_preparation.tools.demo_data"])
@@ -117,7 +118,7 @@ def build() -> None:
     """The pipeline, then record the served files in model.dvc (see README "versioning")."""
     ensure_data()
     say(
-        f"running the pipeline: prepare → train → export → evaluate → quantize → robustness → publish "
+        f"running the pipeline: prepare → train → export → evaluate → quantize → robustness → reference → publish "
         f"({_estimate()}; one line per epoch)"
     )
     started = time.monotonic()

@@ -1,0 +1,140 @@
+"""harvest: reviewed feedback becomes training images, and nothing a user sent can write outside
+the data folder, overwrite a file or add an image twice."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.params import UserError
+from imgcls.preprocessing import pixels_sha256
+from model_preparation.tools import harvest as hv
+
+
+def _store(tmp_path: Path) -> Path:
+    store = tmp_path / "capture"
+    (store / "feedback").mkdir(parents=True)
+    return store
+
+
+def _data(tmp_path: Path, classes=("circle", "square")) -> Path:
+    data = tmp_path / "raw"
+    for c in classes:
+        (data / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(data / c / "0.png")
+    return data
+
+
+def _entry(store: Path, name: str, label: str, value: int, predicted: str = "square",
+           sha: str | None = "auto") -> Path:  # fmt: skip
+    pixels = np.full((8, 8, 3), value, np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    (store / "feedback" / f"{name}.png").write_bytes(buf.getvalue())
+    record = {"request_id": name, "index": 0, "label": label, "predicted": predicted,
+              "model": "m", "version": "1", "at": "2026-12-01T00:00:00Z",
+              "sha256": pixels_sha256(pixels) if sha == "auto" else sha}  # fmt: skip
+    (store / "feedback" / f"{name}.json").write_text(json.dumps(record))
+    return store / "feedback" / f"{name}.png"
+
+
+def test_import_adds_the_image_under_its_label_and_files_the_entry(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", "circle", 50)
+    report = hv.harvest(store, data, None)
+    (item,) = report["imported"]
+    added = Path(item["path"])
+    assert added.parent == (data / "circle").resolve() and added.name.startswith("fb-")
+    assert (np.asarray(Image.open(added)) == 50).all()
+    assert not list((store / "feedback").glob("*.json"))  # no longer pending
+    moved = json.loads((store / "feedback" / "imported" / "a-0.json").read_text())
+    assert moved["harvested_to"] == str(added)
+
+
+def test_the_same_image_is_not_added_twice(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", "circle", 50)
+    hv.harvest(store, data, None)
+    _entry(store, "b-0", "circle", 50)  # the same pixels corrected again
+    report = hv.harvest(store, data, None)
+    assert [d["id"] for d in report["duplicate"]] == ["b-0"] and not report["imported"]
+    assert len(list((data / "circle").glob("fb-*.png"))) == 1
+
+
+def test_an_existing_file_is_never_overwritten(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    png = _entry(store, "a-0", "circle", 50)
+    digest = pixels_sha256(np.asarray(Image.open(png)))
+    squatter = data / "circle" / f"fb-{digest[:16]}.png"
+    squatter.write_bytes(b"not this image")
+    report = hv.harvest(store, data, None)
+    assert report["duplicate"] and squatter.read_bytes() == b"not this image"
+
+
+@pytest.mark.parametrize("label", ["../evil", "..", ".", "a/b", "a\\b", "a\0b", ".hidden", "",
+                                   "x" * 256, "line\nbreak"])  # fmt: skip
+def test_labels_cannot_escape_the_data_folder(tmp_path, label):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", label, 50)
+    report = hv.harvest(store, data, None)
+    assert [r["id"] for r in report["refused"]] == ["a-0"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["capture", "raw"]
+    assert sorted(p.name for p in data.iterdir()) == ["circle", "square"]
+    assert (store / "feedback" / "a-0.json").exists()  # still pending: a person decides
+
+
+def test_a_new_class_needs_to_be_asked_for(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", "triangle", 50)
+    refused = hv.harvest(store, data, None)["refused"]
+    assert "is not a class" in refused[0]["reason"] and "circle, square" in refused[0]["reason"]
+    assert hv.harvest(store, data, None, new_class=True)["imported"]
+    assert list((data / "triangle").glob("fb-*.png"))
+
+
+def test_conflicting_corrections_stay_pending(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", "circle", 50)
+    _entry(store, "b-0", "square", 50)
+    report = hv.harvest(store, data, None)
+    assert sorted(r["id"] for r in report["refused"]) == ["a-0", "b-0"]
+    hv.reject(store, ["b-0"])
+    assert [i["id"] for i in hv.harvest(store, data, None)["imported"]] == ["a-0"]
+    assert (store / "feedback" / "rejected" / "b-0.json").exists()
+
+
+def test_a_tampered_image_is_refused(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", "circle", 50, sha="0" * 64)
+    assert "not the one that was answered" in hv.harvest(store, data, None)["refused"][0]["reason"]
+
+
+def test_import_some_by_id_and_say_which_are_unknown(tmp_path):
+    store, data = _store(tmp_path), _data(tmp_path)
+    _entry(store, "a-0", "circle", 50)
+    _entry(store, "b-0", "square", 60)
+    report = hv.harvest(store, data, ["b-0", "zz"])
+    assert [i["id"] for i in report["imported"]] == ["b-0"] and report["missing"] == ["zz"]
+    assert (store / "feedback" / "a-0.json").exists()
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CAPTURE_DIR", raising=False)
+    with pytest.raises(UserError, match="CAPTURE_DIR"):
+        hv.main(["list"])
+    with pytest.raises(UserError, match="not a capture store"):
+        hv.main(["list", "--store", str(tmp_path)])
+    store = _store(tmp_path)
+    with pytest.raises(UserError, match="--all"):
+        hv.main(["import", "--store", str(store)])
+    with pytest.raises(UserError, match="no pending feedback nope"):
+        hv.main(["reject", "nope", "--store", str(store)])
+    _entry(store, "a-0", "circle", 50)
+    hv.main(["list", "--store", str(store)])
+    out = capsys.readouterr().out
+    assert "a-0" in out and "square → circle" in out and "1 pending" in out
