@@ -23,14 +23,16 @@ V1 = "/usr/bin/docker-compose" if Path("/usr/bin/docker-compose").exists() else 
 COMPOSERS = [pytest.param(V2, id="compose-v2")] + (
     [pytest.param(V1, id="compose-v1")] if V1 else []
 )
-SERVICES = ("model-init", "triton", "api", "model-preparation", "modelctl")
+SERVICES = ("model-init", "triton", "api", "model-preparation", "modelctl", "harvest")
+MONITORING = ("prometheus", "grafana")
 
 
-def render(binary: str, *files: str, env: dict | None = None) -> dict:
+def render(binary: str, *files: str, env: dict | None = None, profiles=("train", "ops")) -> dict:
     args = [a for f in files for a in ("-f", f)]
+    args += [a for p in profiles for a in ("--profile", p)]
     clean = {k: v for k, v in os.environ.items() if not k.endswith(("_IMAGE", "_PORT", "_KEYS"))}
     out = subprocess.run(
-        [binary, *args, "--profile", "train", "--profile", "ops", "config"],
+        [binary, *args, "config"],
         cwd=REPO, capture_output=True, text=True, env={**clean, **(env or {})}, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -48,8 +50,9 @@ def _bytes(value) -> int:
 def test_only_the_api_port_is_published(binary):
     services = render(binary, "docker-compose.yml")
     assert set(SERVICES) <= set(services)
-    published = {name: s.get("ports", []) for name, s in services.items() if s.get("ports")}
-    assert list(published) == ["api"]
+    published = {name: s.get("ports", []) for name, s in services.items()
+                 if s.get("ports") and "monitoring" not in s.get("profiles", [])}  # fmt: skip
+    assert list(published) == ["api"]  # (Compose v1 renders every profile: monitoring is loopback)
     (port,) = published["api"]
     target = port["target"] if isinstance(port, dict) else str(port).rsplit(":", 1)[-1]
     assert str(target) == "5000"
@@ -160,3 +163,53 @@ def test_api_image_has_no_tensorflow():
     lines = (REPO / "requirements/api.txt").read_text().lower().splitlines()
     packages = [line for line in lines if line.strip() and not line.startswith("#")]
     assert not [p for p in packages if "tensorflow" in p or "keras" in p]
+
+
+@pytest.mark.parametrize("binary", COMPOSERS)
+def test_the_monitoring_profile_adds_prometheus_and_grafana_on_loopback(binary):
+    services = render(binary, "docker-compose.yml", profiles=("monitoring",))
+    assert set(MONITORING) <= set(services)
+    for name in MONITORING:
+        s = services[name]
+        assert s["cap_drop"] == ["ALL"] and s["read_only"] is True, name
+        for port in s["ports"]:
+            host_ip = port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+            assert host_ip == "127.0.0.1", (name, port)
+
+    def sources(name: str) -> dict[str, str]:
+        found = {}
+        for v in services[name]["volumes"]:
+            source, target = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+            found[target] = source
+        return found
+
+    prometheus = sources("prometheus")["/etc/prometheus/prometheus.yml"]
+    assert Path(prometheus).resolve() == REPO / "deploy/monitoring/prometheus.yml"
+    grafana = sources("grafana")
+    assert (Path(grafana["/etc/grafana/dashboards"]) / "imgcls.json").is_file()
+    provider = yaml.safe_load((REPO / "deploy/monitoring/grafana/provisioning/dashboards/"
+                               "imgcls.yml").read_text())  # fmt: skip
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == "/etc/grafana/dashboards/imgcls.json"
+
+
+@pytest.mark.parametrize("binary", COMPOSERS)
+def test_capture_is_opt_in_and_harvest_shares_the_apis_store(binary):
+    services = render(binary, "docker-compose.yml")
+    assert services["api"]["environment"]["CAPTURE_DIR"] in ("", None)
+    on = render(binary, "docker-compose.yml", env={"CAPTURE_DIR": "/capture"})
+    assert on["api"]["environment"]["CAPTURE_DIR"] == "/capture"
+
+    def volume(name: str) -> str:
+        for v in services[name]["volumes"]:
+            source, target = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+            if target == "/capture":
+                return source
+        raise AssertionError(f"{name} does not mount /capture")
+
+    assert volume("api").endswith("capture") and volume("api") == volume("harvest")
+    harvest = services["harvest"]
+    assert harvest["profiles"] == ["ops"]
+    assert harvest["entrypoint"][-2:] == ["-m", "model_preparation.tools.harvest"]
+    assert harvest["environment"]["CAPTURE_DIR"] == "/capture"

@@ -178,3 +178,41 @@ def test_a_canary_share_is_a_value_applied_by_a_hook_job():
 def test_bad_lifecycle_values_are_refused_at_render(sets, message):
     with pytest.raises(RuntimeError, match=message):
         chartcheck.render(sets=[*LIFECYCLE, *sets])
+
+
+MONITORED = [GIT, "metrics.serviceMonitor.enabled=true",
+             "metrics.serviceMonitor.labels.release=kube-prometheus-stack"]  # fmt: skip
+
+
+def test_prometheus_finds_the_api_and_triton_by_annotations_and_service_monitors(default):
+    for name, port in (("api", "5000"), ("triton", "8002")):
+        meta = _by_kind(default)[("Deployment", name)]["spec"]["template"]["metadata"]
+        assert meta["annotations"]["prometheus.io/scrape"] == "true"
+        assert meta["annotations"]["prometheus.io/port"] == port
+    assert not [m for m in default if m["kind"] == "ServiceMonitor"]  # opt-in: needs the CRDs
+    rendered = chartcheck.render(sets=MONITORED)
+    chartcheck.validate(rendered)  # each ServiceMonitor selects one Service and names its port
+    monitors = {k[1]: m for k, m in _by_kind(rendered).items() if k[0] == "ServiceMonitor"}
+    assert sorted(monitors) == ["api", "triton"]
+    assert monitors["api"]["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitors["triton"]["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_a_service_monitor_naming_a_missing_port_is_refused():
+    rendered = chartcheck.render(sets=MONITORED)
+    monitor = next(m for m in rendered if m["kind"] == "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["port"] = "nope"
+    with pytest.raises(RuntimeError, match="no port 'nope'"):
+        chartcheck.validate(rendered)
+
+
+def test_capture_is_off_by_default_and_mounts_a_shared_claim_when_on(default):
+    assert "CAPTURE_DIR" not in {e["name"] for e in _pod(default, "api")["containers"][0]["env"]}
+    rendered = chartcheck.render(sets=[GIT, "api.capture.enabled=true", "api.capture.rate=0.5"])
+    chartcheck.validate(rendered)
+    env = {e["name"]: e["value"] for e in _pod(rendered, "api")["containers"][0]["env"]}
+    assert env["CAPTURE_DIR"] == "/capture" and env["CAPTURE_RATE"] == "0.5"
+    claim = _by_kind(rendered)[("PersistentVolumeClaim", "capture")]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    volumes = {v["name"]: v for v in _pod(rendered, "api")["volumes"]}
+    assert volumes["capture"]["persistentVolumeClaim"]["claimName"] == "test-imgcls-capture"

@@ -73,17 +73,42 @@ def render(values: list[Path] | None = None, sets: list[str] | None = None) -> l
     return [doc for doc in yaml.safe_load_all(helm(*args)) if doc]
 
 
+OPERATOR_API = "monitoring.coreos.com/v1"  # Prometheus Operator CRDs: not in Kubernetes' schemas
+
+
 def validate(manifests: list[dict], versions: tuple[str, ...] = KUBE_VERSIONS) -> None:
-    """Raise on the first manifest a Kubernetes version's schema rejects (strict mode)."""
+    """Raise on the first manifest a Kubernetes version's schema rejects (strict mode); a
+    ServiceMonitor must select one of the chart's Services and name its ports."""
     import kubernetes_validate
 
+    for doc in manifests:
+        if doc.get("apiVersion") == OPERATOR_API:
+            check_service_monitor(doc, manifests)
     for version in versions:
         for doc in manifests:
+            if doc.get("apiVersion") == OPERATOR_API:
+                continue
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
             except kubernetes_validate.ValidationError as exc:
                 kind, name = doc.get("kind"), doc.get("metadata", {}).get("name")
                 raise RuntimeError(f"Kubernetes {version}: {kind}/{name}: {exc}") from exc
+
+
+def check_service_monitor(monitor: dict, manifests: list[dict]) -> None:
+    name = monitor["metadata"]["name"]
+    if monitor.get("kind") != "ServiceMonitor":
+        raise RuntimeError(f"{monitor.get('kind')}/{name}: only ServiceMonitors are expected")
+    wanted = monitor["spec"]["selector"]["matchLabels"]
+    services = [d for d in manifests if d.get("kind") == "Service"
+                and wanted.items() <= d["metadata"].get("labels", {}).items()]  # fmt: skip
+    if len(services) != 1:
+        raise RuntimeError(f"ServiceMonitor/{name} selects {len(services)} Services, not one")
+    ports = {p.get("name") for p in services[0]["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        if endpoint.get("port") not in ports:
+            raise RuntimeError(f"ServiceMonitor/{name}: no port {endpoint.get('port')!r} on "
+                               f"Service/{services[0]['metadata']['name']} ({sorted(ports)})")  # fmt: skip
 
 
 def main() -> None:

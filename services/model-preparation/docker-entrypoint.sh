@@ -13,7 +13,10 @@ if [ -d "$control" ] && [ ! -s "$control/admin-key" ] && [ "$(id -u)" = 0 ]; the
 fi
 uid=$(stat -c %u /workspace)
 gid=$(stat -c %g /workspace)
+# IMGCLS_EXTRA_GID: a group the command also needs (the API's, whose capture store it files).
+groups="--clear-groups"
+if [ -n "${IMGCLS_EXTRA_GID:-}" ]; then groups="--groups=$IMGCLS_EXTRA_GID"; fi
 if [ "$(id -u)" = 0 ] && [ "$uid" != 0 ]; then
-  exec setpriv --reuid="$uid" --regid="$gid" --clear-groups -- "$@"
+  exec setpriv --reuid="$uid" --regid="$gid" "$groups" -- "$@"
 fi
 exec "$@"
