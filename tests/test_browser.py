@@ -186,3 +186,63 @@ def test_triton_down_shows_the_message_and_the_retry_hint(browser, tmp_path):
     finally:
         context.close()
         server.stop()
+
+
+def _unfamiliar_photo(api, tmp_path: Path) -> Path:
+    """A real photo (scikit-image's samples) that the served model flags as unfamiliar."""
+    import io
+
+    import requests
+    from PIL import Image
+
+    from model_preparation.reference import photos
+
+    for i, pixels in enumerate(photos(48)):
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        body = requests.post(
+            f"{api.url}/predict", files={"image": buf.getvalue()}, timeout=30
+        ).json()
+        if body["familiar"] is False:
+            path = tmp_path / f"photo-{i}.png"
+            path.write_bytes(buf.getvalue())
+            return path
+    raise AssertionError("the served model finds every sample photo familiar")
+
+
+def test_an_unfamiliar_photo_is_flagged_and_a_correction_is_stored(
+    browser, captured_api, capture_dir, tiny_project, tmp_path
+):
+    context = browser.new_context(viewport={"width": 1000, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(20_000)
+    try:
+        page.goto(captured_api.url + "/")
+        page.wait_for_selector("#model option", state="attached")
+        page.set_input_files("#files", str(_demo_image(tiny_project, "square")))
+        familiar = page.locator("#results .result").first
+        familiar.locator(".meta").filter(has_text="round trip").wait_for()
+        assert familiar.locator(".unfamiliar").is_hidden()
+
+        page.set_input_files("#files", str(_unfamiliar_photo(captured_api, tmp_path)))
+        result = page.locator("#results .result").first
+        result.locator(".meta").filter(has_text="round trip").wait_for()
+        note = result.locator(".unfamiliar")
+        assert note.is_visible() and "unlike the images the model was" in note.inner_text()
+        form = result.locator(".correct")
+        assert form.is_visible()
+        assert sorted(form.locator("option").all_inner_texts()) == ["circle", "square", "triangle"]
+        form.locator("select").select_option("triangle")
+        form.locator("button").click()
+        form.locator(".sent").filter(has_text="Thank you").wait_for()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "page-feedback.png"), full_page=True)
+        assert not errors, errors
+    finally:
+        context.close()
+    import json
+
+    stored = [json.loads(p.read_text()) for p in (capture_dir / "feedback").glob("*.json")]
+    assert any(entry["label"] == "triangle" for entry in stored)

@@ -110,7 +110,7 @@ def stack(docker_env, tmp_path_factory):
     _set_params(checkout, DOCKER_PARAMS)
     run(["chown", "-R", f"{OWNER}:{OWNER}", str(checkout)], checkout)
     port = free_port()
-    env = {**docker_env, "API_PORT": str(port)}
+    env = {**docker_env, "API_PORT": str(port), "CAPTURE_DIR": "/capture"}
     stack = {"env": env, "checkout": checkout, "project": f"imgcls-test-{port}", "port": port}
     try:
         _compose(stack, "up", "-d", "--build", timeout=1800)
@@ -148,6 +148,32 @@ def test_a_real_photo_and_bad_input(stack):
     assert _post(url, photo)[0] == 200
     status, body = _post(url, b"this is not an image")
     assert status == 400 and body["error"]["code"] == "not_an_image"
+
+
+def test_a_correction_reaches_data_raw_through_the_capture_volume(stack):
+    """The API (uid 10001) stores the correction in the capture volume; `harvest` (the
+    checkout's owner, in the API's group) files it and adds the image to data/raw."""
+    base = f"http://127.0.0.1:{stack['port']}"
+    status, answer = _post(f"{base}/predict", images.photo_like_jpeg(seed=3))
+    assert status == 200 and isinstance(answer["familiar"], bool)
+    body = json.dumps({"request_id": answer["request_id"], "label": "square"}).encode()
+    deadline = time.monotonic() + 10
+    while True:  # the record is written in the background, just after the answer
+        req = urllib.request.Request(f"{base}/feedback", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 201
+                break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and time.monotonic() < deadline, exc.read()
+            time.sleep(0.2)
+    listed = _compose(stack, "run", "--rm", "harvest").stdout
+    assert f"{answer['label']} → square" in listed
+    _compose(stack, "run", "--rm", "harvest", "import", "--all")
+    added = list((stack["checkout"] / "data/raw/square").glob("fb-*.png"))
+    assert len(added) == 1 and added[0].stat().st_uid == OWNER
+    assert "no pending feedback" in _compose(stack, "run", "--rm", "harvest").stdout
 
 
 def _post(url: str, data: bytes) -> tuple[int, dict]:

@@ -302,14 +302,17 @@ def test_config_thread_layout_reaches_onnxruntime(tmp_path):
 
 def test_the_model_meets_tritons_example_image_client(triton, tiny_project):
     """What triton-inference-server/client's image_client.py checks before it classifies: one
-    input of 3 dims past the batch with an NHWC/NCHW format, one vector output; then it asks
-    for the top classes through the classification extension."""
+    input of 3 dims past the batch with an NHWC/NCHW format, a vector output; then it asks for
+    the top classes through the classification extension. (image_client also insists on exactly
+    one output: the drift output is a second one, ``publish.drift: false`` drops it.)"""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(triton.url)
     meta = client.get_model_metadata("resnet50v2")
     config = client.get_model_config("resnet50v2")
-    (inp,), (out,) = meta["inputs"], meta["outputs"]
+    (inp,) = meta["inputs"]
+    out, drift = meta["outputs"]
+    assert (out["name"], drift["name"]) == ("probabilities", "drift")
     assert config["max_batch_size"] > 0 and len(inp["shape"]) == 4
     assert config["input"][0]["format"] == "FORMAT_NHWC"
     assert sum(d > 1 for d in out["shape"][1:]) <= 1  # image_client: "expecting a vector"
