@@ -301,3 +301,8 @@ def test_an_image_too_large_is_413_on_feedback_too(tmp_path):
     response = client.post("/feedback", data={"request_id": request_id, "label": "circle",
                                               "image": (io.BytesIO(big), "big.png")})  # fmt: skip
     assert response.status_code == 413
+
+
+def test_models_says_whether_feedback_is_on(client, tmp_path):
+    assert client.get("/models").get_json()["feedback"] is False
+    assert _app(tmp_path).test_client().get("/models").get_json()["feedback"] is True
