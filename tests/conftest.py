@@ -247,7 +247,7 @@ class InMemoryGateway:
 
         return Route(self._check(model))
 
-    def infer(self, images, model: str):
+    def infer(self, images, model: str, compare: bool = True):
         import numpy as np
 
         from imgcls_api.triton import Outputs

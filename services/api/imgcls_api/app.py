@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, feedback, observability, openapi, web
+from . import auth, explain, feedback, observability, openapi, web
 from .capture import CaptureStore
 from .errors import register_error_handlers
 from .routes import bp
@@ -38,6 +38,7 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     auth.init_app(app, settings)
     register_error_handlers(app)
     app.register_blueprint(bp)
+    app.register_blueprint(explain.bp)
     feedback.init_app(app, settings)
     app.register_blueprint(openapi.bp)
     web.init_app(app)

@@ -404,6 +404,100 @@ SPEC: dict = {
 }
 
 
+_PREDICT = SPEC["paths"]["/predict"]["post"]
+SPEC["components"]["schemas"]["Explanation"] = {
+    "type": "object",
+    "required": ["method", "class", "grid", "passes"],
+    "properties": {
+        "method": {"enum": ["occlusion"]},
+        "class": {"type": "string", "description": "the label explained"},
+        "grid": {
+            "description": "8×8 drops of that class's probability when each part is hidden; "
+            "row 0 is the top of the (letterboxed) image",
+            "type": "array",
+            "items": {"type": "array", "items": {"type": "number"}},
+        },
+        "passes": {"type": "integer", "description": "forward passes it took"},
+        "overlay": {"type": "string", "description": "PNG data URL (?overlay=true)"},
+    },
+}
+SPEC["components"]["schemas"]["ExplainedResult"] = {
+    "allOf": [
+        {"$ref": "#/components/schemas/Result"},
+        {
+            "type": "object",
+            "required": ["explanation"],
+            "properties": {"explanation": {"$ref": "#/components/schemas/Explanation"}},
+        },
+    ]
+}
+SPEC["paths"]["/explain"] = {
+    "post": {
+        "summary": "Classify and show what the answer depends on (an occlusion map per image)",
+        "description": "The same bodies as /predict (at most 4 images); each image costs 50 "
+        "forward passes of the served model.",
+        "parameters": [
+            next(p for p in _PREDICT["parameters"] if p["name"] == "model"),
+            {
+                "name": "class",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "string"},
+                "description": "the label to explain (default: the top one)",
+            },
+            {
+                "name": "overlay",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": False},
+                "description": "add the map over the image as a PNG data URL",
+            },
+        ],
+        "requestBody": _PREDICT["requestBody"],
+        "responses": {
+            "200": {
+                "description": "the answer and its explanation",
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {
+                                    "allOf": [
+                                        {"$ref": "#/components/schemas/ExplainedResult"},
+                                        {
+                                            "type": "object",
+                                            "required": ["model", "request_id"],
+                                            "properties": {
+                                                "model": {"$ref": "#/components/schemas/Model"},
+                                                "request_id": {"type": "string"},
+                                            },
+                                        },
+                                    ]
+                                },
+                                {
+                                    "type": "object",
+                                    "required": ["model", "request_id", "results"],
+                                    "properties": {
+                                        "model": {"$ref": "#/components/schemas/Model"},
+                                        "request_id": {"type": "string"},
+                                        "results": {
+                                            "type": "array",
+                                            "items": {
+                                                "$ref": "#/components/schemas/ExplainedResult"
+                                            },
+                                        },
+                                    },
+                                },
+                            ]
+                        }
+                    }
+                },
+            },
+            **_ERRORS,
+        },
+    }
+}
+
 # Optional: no key when API keys are off (the default), either header when they are on.
 _KEYED = [{}, {"ApiKey": []}, {"Bearer": []}]
 
@@ -412,9 +506,11 @@ def document(settings: Settings) -> dict:
     """SPEC with this API's allowed models as the ``model`` enum, and keys where they apply."""
     spec = copy.deepcopy(SPEC)
     predict = spec["paths"]["/predict"]["post"]
-    for param in predict["parameters"]:
-        if param["name"] == "model":
-            param["schema"]["enum"] = list(settings.allowed_models)
+    for route in ("/predict", "/explain"):
+        for param in spec["paths"][route]["post"]["parameters"]:
+            if param["name"] == "model":
+                param["schema"]["enum"] = list(settings.allowed_models)
+    spec["paths"]["/explain"]["post"]["security"] = _KEYED
     predict["security"] = _KEYED
     spec["paths"]["/models"]["get"]["security"] = _KEYED
     spec["paths"]["/feedback"]["post"]["security"] = _KEYED

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -39,7 +41,7 @@ def readyz():
         return _not_ready(exc.code, exc.message)
     if info is None:
         return _not_ready("model_not_ready", f"model {model!r} is not ready")
-    return jsonify({"status": "ready", "model": _model_json(info), "labels": list(info.labels)})
+    return jsonify({"status": "ready", "model": model_json(info), "labels": list(info.labels)})
 
 
 @bp.get("/models")
@@ -66,7 +68,7 @@ def models():
     return jsonify({"default": _settings().model_name, "models": listed, "feedback": feedback})
 
 
-def _chosen_model() -> str:
+def chosen_model() -> str:
     """``?model=``, one of the allowed models, else the default: never a name Triton picks."""
     name = request.args.get("model")
     if name is None or name == "":
@@ -91,24 +93,37 @@ def _not_ready(code: str, message: str):
 @bp.post("/predict")
 def predict():
     """Classify the image(s) in the body; one result, or a list for several images."""
+    with admitted():
+        return _predict()
+
+
+@contextlib.contextmanager
+def admitted():
+    """Load shedding (``MAX_IN_FLIGHT``): a 429 at once when the worker is full. Predictions
+    and explanations share the limit."""
     gate = current_app.extensions["admission"]
     if gate is not None and not gate.acquire(blocking=False):
         raise ApiError(429, "overloaded", "too many predictions in progress; retry shortly",
                        retry_after=_settings().retry_after_s)  # fmt: skip
     try:
-        return _predict()
+        yield
     finally:
         if gate is not None:
             gate.release()
 
 
-def _predict():
-    settings = _settings()
+def refuse_oversized_body() -> None:
+    """413 before talking to Triton or reading the body."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
-        # Refuse before talking to Triton or reading the body.
-        raise ApiError(413, "payload_too_large", f"the body exceeds {settings.max_upload_mb:g} MB")
-    top_k, model = _top_k(), _chosen_model()
+        raise ApiError(413, "payload_too_large",
+                       f"the body exceeds {_settings().max_upload_mb:g} MB")  # fmt: skip
+
+
+def _predict():
+    settings = _settings()
+    refuse_oversized_body()
+    top_k, model = top_k_arg(), chosen_model()
     gateway = _gateway()
     info = gateway.model_info(model)
     images = inputs.decode(request, info.size, settings.max_image_pixels, settings.max_batch_images)
@@ -117,9 +132,9 @@ def _predict():
     probs = outputs.probabilities
     drift = monitoring.familiarity(outputs.drift, info.drift_threshold, len(probs))
     monitoring.observe(info.name, info.version, info.labels, probs, drift, settings.low_confidence)
-    results = [_result(p, info.labels, top_k, d) for p, d in zip(probs, drift, strict=True)]
+    results = [result_json(p, info.labels, top_k, d) for p, d in zip(probs, drift, strict=True)]
     _capture(info, results, batch)
-    body = {"model": _model_json(info), "request_id": g.request_id}
+    body = {"model": model_json(info), "request_id": g.request_id}
     # One multipart image answers flat; several parts, JSON and .npy answer a list, even of one.
     if len(results) == 1 and request.mimetype == "multipart/form-data":
         body.update(results[0])
@@ -128,7 +143,7 @@ def _predict():
     return jsonify(body)
 
 
-def _top_k() -> int | None:
+def top_k_arg() -> int | None:
     raw = request.args.get("top_k")
     if raw is None:
         return None
@@ -141,7 +156,7 @@ def _top_k() -> int | None:
     return value
 
 
-def _result(
+def result_json(
     probs: np.ndarray, labels: tuple[str, ...], top_k: int | None, drift: Familiarity | None
 ) -> dict:
     order = np.argsort(-probs, kind="stable")[: top_k or len(probs)]
@@ -164,5 +179,5 @@ def _capture(info: ModelInfo, results: list[dict], images: np.ndarray) -> None:
         store.capture(Answer(g.request_id, info.name, info.version, info.labels, kept, images))
 
 
-def _model_json(info: ModelInfo) -> dict:
+def model_json(info: ModelInfo) -> dict:
     return {"name": info.name, "version": info.version}

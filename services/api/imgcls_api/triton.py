@@ -307,9 +307,13 @@ class TritonGateway:
         return info
 
     # -- inference -------------------------------------------------------------------------
-    def infer(self, images: np.ndarray, model: str) -> tuple[Outputs, ModelInfo]:
+    def infer(
+        self, images: np.ndarray, model: str, compare: bool = True
+    ) -> tuple[Outputs, ModelInfo]:
         """Probabilities (and drift scores) for a uint8 batch ``N×H×W×3`` already letterboxed
-        to the model size, and the version that answered (its labels with it)."""
+        to the model size, and the version that answered (its labels with it); all of the batch
+        goes to one version. ``compare=False``: not a user's images (an explanation's masked
+        copies), so never sent to a shadow candidate nor counted in its agreement."""
         route = self.route(model)
         for attempt in range(2):
             info, role = self._choose(route)
@@ -322,7 +326,8 @@ class TritonGateway:
                 route = self.route(model, newer_than=route.fetched_at)
                 continue
             _observe(info, role, started)
-            self._compare(route, role, images, outputs.probabilities, info)
+            if compare:
+                self._compare(route, role, images, outputs.probabilities, info)
             return outputs, info
         raise AssertionError("unreachable")  # pragma: no cover
 

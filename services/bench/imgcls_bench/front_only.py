@@ -33,7 +33,9 @@ class MemoryGateway:
     def route(self, model: str) -> Route:
         return Route(self.info)
 
-    def infer(self, images: np.ndarray, model: str) -> tuple[Outputs, ModelInfo]:
+    def infer(
+        self, images: np.ndarray, model: str, compare: bool = True
+    ) -> tuple[Outputs, ModelInfo]:
         return Outputs(np.full((len(images), 3), 1 / 3, np.float32)), self.info
 
 

@@ -1,7 +1,8 @@
 // The classification page: plain JavaScript, same-origin calls only (GET /models, POST /predict,
 // POST /feedback). Each image is its own request, so each shows its own round-trip time and its
 // own error; each answer says when the image looks unlike the training data and, when the API
-// keeps feedback (GET /models says so), takes a correction.
+// keeps feedback (GET /models says so), takes a correction. "Show what the model looked at" asks
+// POST /explain for each image and lays its occlusion map over the preview.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -44,6 +45,7 @@ function percent(p) {
 
 function newCard(file) {
   const card = $("result-template").content.firstElementChild.cloneNode(true);
+  card.file = file;
   const img = card.querySelector(".preview");
   img.addEventListener("error", () => img.classList.add("unreadable"));
   img.src = URL.createObjectURL(file);
@@ -82,7 +84,49 @@ function showPrediction(card, body, ms, file) {
   card.querySelector(".meta").textContent =
     `${file.name || "pasted image"} · model ${body.model.name} v${body.model.version} · ${ms.toFixed(0)} ms round trip`;
   card.querySelector(".unfamiliar").hidden = body.familiar !== false;
+  card.model = body.model.name;
+  card.classList.add("answered");
   if (state.feedback && body.request_id) offerCorrection(card, body, file);
+  if ($("explain").checked) explainCard(card);
+}
+
+async function explainCard(card) {
+  const overlay = card.querySelector(".overlay");
+  const legend = card.querySelector(".legend");
+  if (card.explained) {
+    overlay.hidden = legend.hidden = false;
+    return;
+  }
+  const form = new FormData();
+  form.append("image", card.file, card.file.name || "pasted.png");
+  const url = `/explain?overlay=true&model=${encodeURIComponent(card.model)}`;
+  legend.hidden = false;
+  legend.textContent = "looking at what the model looked at…";
+  try {
+    const resp = await fetch(url, { method: "POST", body: form, headers: headers() });
+    const body = await resp.json().catch(() => null);
+    if (!resp.ok || !body) {
+      const error = (body && body.error) || { message: resp.statusText };
+      legend.textContent = `No map: ${error.message}`;
+      return;
+    }
+    const e = body.explanation;
+    overlay.src = e.overlay;
+    overlay.alt = `occlusion map: the parts of the image the answer “${e.class}” depends on, in red`;
+    card.explained = true;
+    overlay.hidden = !$("explain").checked;
+    legend.textContent = `red: where hiding the image takes “${e.class}” away (occlusion, ${e.passes} passes)`;
+    legend.hidden = !$("explain").checked;
+  } catch (err) {
+    legend.textContent = `No map: ${err.message}`;
+  }
+}
+
+function toggleExplanations() {
+  for (const card of document.querySelectorAll("#results .result.answered")) {
+    if ($("explain").checked) explainCard(card);
+    else card.querySelector(".overlay").hidden = card.querySelector(".legend").hidden = true;
+  }
 }
 
 function offerCorrection(card, body, file) {
@@ -204,6 +248,7 @@ function wire() {
     loadModels();
     classifyAll(again);
   });
+  $("explain").addEventListener("change", toggleExplanations);
   $("model").addEventListener("change", () => {
     $("served").textContent = `next images go to ${$("model").value}`;
   });
