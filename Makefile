@@ -15,7 +15,7 @@ UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --hel
 CAPTURE_DIR ?= $(CURDIR)/.capture
 
 .PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
-	status canary shadow promote rollback bench-lifecycle lock feedback harvest
+	status canary shadow promote rollback bench-lifecycle lock feedback harvest pointing
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
@@ -29,6 +29,7 @@ help:
 	@echo "make rollback TO=N: drop the candidate, or serve the previous version again"
 	@echo "make feedback   the users' corrections waiting in CAPTURE_DIR (default .capture/)"
 	@echo "make harvest    add them to data/raw (IDS=\"id ...\" for some; then make model)"
+	@echo "make pointing   how well the served model's explanations point at the demo shapes"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
 	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
@@ -75,6 +76,11 @@ feedback: $(STAMP)
 
 harvest: $(STAMP)
 	@$(HARVEST) import $(if $(IDS),$(IDS),--all)
+
+# The explanations' quality on the demo data (README "Explanations"): the pointing game.
+MODEL_FILE ?= artifacts/model.onnx
+pointing: $(STAMP)
+	@$(BIN)/python -m model_preparation.tools.pointing --model $(MODEL_FILE)
 
 # Changing the served model (README "Changing the model in production"): the running stack's
 # Triton (make up) is told through its admin API; TRITON_URL / API_URL point elsewhere.

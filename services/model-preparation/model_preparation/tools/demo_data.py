@@ -76,8 +76,19 @@ def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, tuple[in
             return bg, (int(fg[0]), int(fg[1]), int(fg[2]))
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in the image's pixels
+
+
 def render(shape: str, rng: np.random.Generator, min_side: int, max_side: int) -> Image.Image:
     """One random image of ``shape``."""
+    return draw_shape(shape, rng, min_side, max_side)[0]
+
+
+def draw_shape(
+    shape: str, rng: np.random.Generator, min_side: int, max_side: int
+) -> tuple[Image.Image, Box]:
+    """One random image of ``shape`` and the shape's bounding box (what the explanation check
+    scores a heatmap against)."""
     width, height = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
     bg, fg = _contrasting_colours(rng)
     noise = rng.normal(0, 10, (height, width, 3))
@@ -89,9 +100,11 @@ def render(shape: str, rng: np.random.Generator, min_side: int, max_side: int) -
     cy = float(rng.uniform(r, height - r))
     if shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fg)
-    else:
-        draw.polygon(_polygon(shape, cx, cy, r, float(rng.uniform(0, 2 * math.pi))), fill=fg)
-    return img
+        return img, (cx - r, cy - r, cx + r, cy + r)
+    points = _polygon(shape, cx, cy, r, float(rng.uniform(0, 2 * math.pi)))
+    draw.polygon(points, fill=fg)
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    return img, (min(xs), min(ys), max(xs), max(ys))
 
 
 def generate(
@@ -114,6 +127,20 @@ def generate(
             )
             written += 1
     return written
+
+
+def boxes(
+    classes: list[str], images_per_class: int, seed: int, min_side: int, max_side: int
+) -> dict[str, tuple[int, int, Box]]:
+    """``{"<class>/<file>": (width, height, box)}`` of what :func:`generate` writes with the
+    same arguments (drawn again with the same seeds, nothing read from disk)."""
+    found = {}
+    for index, shape in enumerate(classes):
+        rng = np.random.default_rng([seed, index])
+        for i in range(images_per_class):
+            img, box = draw_shape(shape, rng, min_side, max_side)
+            found[f"{shape}/{shape}_{i:04d}.jpg"] = (img.width, img.height, box)
+    return found
 
 
 def main() -> None:
