@@ -139,7 +139,7 @@ def test_the_page_is_usable_with_the_keyboard_and_on_a_narrow_screen(browser, ap
         page.keyboard.press("Tab")
         page.keyboard.press("Tab")
         focused = page.evaluate("document.activeElement.id")
-        assert focused in {"model", "drop", "files"}
+        assert focused in {"model", "explain", "drop", "files"}
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 360  # no horizontal scrolling on a phone
     finally:
@@ -246,3 +246,30 @@ def test_an_unfamiliar_photo_is_flagged_and_a_correction_is_stored(
 
     stored = [json.loads(p.read_text()) for p in (capture_dir / "feedback").glob("*.json")]
     assert any(entry["label"] == "triangle" for entry in stored)
+
+
+def test_the_toggle_lays_the_map_over_each_preview(page, api, tiny_project):
+    page.goto(api.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    page.set_input_files("#files", str(_demo_image(tiny_project, "triangle")))
+    result = page.locator("#results .result").first
+    result.locator(".meta").filter(has_text="round trip").wait_for()
+    assert result.locator(".overlay").is_hidden()
+    page.locator("#explain").focus()
+    page.keyboard.press("Space")  # the toggle works from the keyboard
+    legend = result.locator(".legend").filter(has_text="red: where hiding the image")
+    legend.wait_for()
+    overlay = result.locator(".overlay")
+    assert overlay.is_visible() and overlay.get_attribute("src").startswith("data:image/png")
+    assert "occlusion map" in overlay.get_attribute("alt")
+    over, under = overlay.bounding_box(), result.locator(".preview").bounding_box()
+    assert all(abs(over[k] - under[k]) <= 1 for k in ("x", "y", "width", "height")), (over, under)
+    assert result.locator(".correct").is_hidden()  # this API keeps no feedback
+    page.set_input_files("#files", str(_demo_image(tiny_project, "circle")))  # explained too
+    page.locator("#results .result .legend").filter(has_text="red:").nth(1).wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "page-explain.png"), full_page=True)
+    page.locator("#explain").uncheck()
+    assert overlay.is_hidden()
+    assert _origins(page) == {api.url}
+    assert not page.console_errors, page.console_errors
