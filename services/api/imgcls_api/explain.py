@@ -15,8 +15,7 @@ import base64
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
 
-from imgcls.contract import EXPLAIN_MAX_IMAGES
-from imgcls.explain import Occlusion, overlay_png
+from imgcls.explain import MAX_IMAGES, Occlusion, overlay_png
 
 from . import inputs, monitoring
 from .errors import ApiError
@@ -38,7 +37,7 @@ def _explain():
     model, overlay = chosen_model(), _flag("overlay")
     gateway = current_app.extensions["triton"]
     info = gateway.model_info(model)
-    limit = min(settings.max_batch_images, EXPLAIN_MAX_IMAGES)
+    limit = min(settings.max_batch_images, MAX_IMAGES)
     images = inputs.decode(request, info.size, settings.max_image_pixels, limit)
     occlusion = Occlusion(*info.size)
     batch = np.concatenate([occlusion.batch(pixels) for pixels in images])

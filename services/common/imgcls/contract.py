@@ -15,8 +15,6 @@ OUTPUT_NAME = "probabilities"
 #: Its second output where the pipeline added one: how unlike the training data each input is
 #: (``N×1``; ``model_preparation/reference.py``).
 DRIFT_NAME = "drift"
-# POST /explain: images per request (each costs the occlusion map's 50 forward passes)
-EXPLAIN_MAX_IMAGES = 4
 #: The model the API answers with when a request names none (``MODEL_NAME``).
 DEFAULT_MODEL = "resnet50v2"
 #: The INT8 sibling of a model is served as ``<name><INT8_SUFFIX>``.

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 GRID = 8  # cells per side of the returned map (each an eighth of the image side)
+MAX_IMAGES = 4  # per POST /explain: each image costs 50 forward passes
 PATCH_CELLS = 2  # the patch covers 2×2 cells: a quarter of the side
 
 
