@@ -232,9 +232,17 @@ def main(argv: list[str] | None = None) -> None:
         _print(report)
 
 
+def _shown(path: str) -> str:
+    """A path as the user typed the data folder: relative to here when it is under here."""
+    try:
+        return str(Path(path).relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path
+
+
 def _print(report: dict) -> None:
     for item in report["imported"]:
-        print(f"imported {item['id']} → {item['path']}")
+        print(f"imported {item['id']} → {_shown(item['path'])}")
     for item in report["duplicate"]:
         print(f"duplicate {item['id']} (already in the data)")
     for item in report["refused"]:
