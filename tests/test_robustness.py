@@ -87,3 +87,25 @@ def test_the_stage_curve_starts_at_the_evaluated_accuracy_and_falls(tiny_project
     metrics = json.loads((reports / "robustness.json").read_text())
     assert metrics["num_images"] == json.loads((reports / "metrics.json").read_text())["num_images"]
     assert (reports / "robustness.png").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(reports / "robustness_attention.png") as picture:  # clean | attacked, 4 rows
+        assert picture.width >= 400 and picture.height >= 400
+
+
+def test_the_attention_picture_shows_each_fooled_image_clean_and_attacked(tmp_path):
+    from PIL import Image
+
+    from model_preparation.onnx_utils import session
+    from model_preparation.robustness import EXAMPLES, attention_picture
+    from tests.models import tiny_onnx
+
+    sess = session(tiny_onnx(tmp_path / "m.onnx", size=16))  # class = the brightest channel
+    images = np.zeros((6, 16, 16, 3), np.uint8)
+    images[..., 0] = 200  # all "a" (red), rightly
+    attacked = images.copy()
+    attacked[..., 0], attacked[..., 1] = 0, 200  # turned into "b" (green)
+    labels = np.zeros(6, np.int64)
+    attention_picture(sess, images, labels, 8.0, attacked, ("a", "b", "c"), tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as picture:
+        assert picture.height >= 2.2 * EXAMPLES * 100 * 0.9  # one row per fooled image, 4 shown

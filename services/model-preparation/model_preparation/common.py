@@ -53,6 +53,7 @@ PUBLISH_REPORT = REPORTS / "publish.json"
 ROBUSTNESS_REPORT = REPORTS / "robustness.json"
 ROBUSTNESS_CURVE = REPORTS / "robustness.csv"
 ROBUSTNESS_PLOT = REPORTS / "robustness.png"
+ROBUSTNESS_ATTENTION = REPORTS / "robustness_attention.png"  # where attacks moved the maps
 OPTIMIZERS = ("adam", "sgd", "adagrad", "adasmooth")  # train.optimizer
 
 

@@ -22,6 +22,7 @@ from .common import (
     KERAS_MODEL,
     ONNX_MODEL,
     PREPARED,
+    ROBUSTNESS_ATTENTION,
     ROBUSTNESS_CURVE,
     ROBUSTNESS_PLOT,
     ROBUSTNESS_REPORT,
@@ -137,10 +138,19 @@ def pgd(
     return quantise(x0, x, eps)
 
 
+EXAMPLES = 4  # adversarial examples shown with their occlusion maps
+
+
 def robustness(
-    keras_path: Path, onnx_models: dict[str, Path], prepared: Path, params: RobustnessParams
+    keras_path: Path,
+    onnx_models: dict[str, Path],
+    prepared: Path,
+    params: RobustnessParams,
+    attention: Path | None = None,
 ) -> list[dict]:
-    """One row per ε: accuracy of each served model under each attack."""
+    """One row per ε: accuracy of each served model under each attack; with ``attention``, a
+    picture of the strongest attack's first successes on the FP32 model, clean and attacked,
+    each with its occlusion map (what the answer depends on, ``imgcls.explain``)."""
     quiet_tensorflow()
     import keras
 
@@ -169,10 +179,59 @@ def robustness(
                 ("pgd", pgd(grad, images, labels, eps, steps, size, first, rng)),
             ):
                 row.update({f"{kind}_{name}": accuracy(name, x) for name in sessions})
+            strongest = (eps, x)  # PGD at the largest ε, once the loop ends
         rows.append(row)
         scores = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epsilon")
         print(f"robustness: ε={eps:g} {scores}", flush=True)
+    if attention is not None and max(params.epsilons) > 0:
+        meta_labels = Prepared.read(prepared).labels
+        attention_picture(sessions["fp32"], images, labels, *strongest, meta_labels, attention)
     return rows
+
+
+def attention_picture(
+    sess, images: np.ndarray, labels: np.ndarray, eps: float, attacked: np.ndarray,
+    names: tuple[str, ...], path: Path,
+) -> None:  # fmt: skip
+    """Up to ``EXAMPLES`` images the attack turned from right to wrong: each clean and attacked,
+    with the occlusion map of the class the model gave it."""
+    from imgcls.explain import Occlusion, overlay_png
+
+    clean = predict(sess, images).argmax(axis=1)
+    fooled = predict(sess, attacked).argmax(axis=1)
+    picked = np.flatnonzero((clean == labels) & (fooled != labels))[:EXAMPLES]
+    occlusion = Occlusion(*images.shape[1:3])
+    panels = []
+    for i in picked:
+        for x, cls in ((images[i], clean[i]), (attacked[i], fooled[i])):
+            grid = occlusion.heatmap(predict(sess, occlusion.batch(x))[:, cls])
+            panels.append((overlay_png(x, grid), names[cls]))
+    _save_grid(panels, eps, path)
+
+
+def _save_grid(panels: list[tuple[bytes, str]], eps: float, path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = max(1, len(panels) // 2)
+    fig, axes = plt.subplots(rows, 2, figsize=(4.4, 2.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, (png, label) in enumerate(panels):
+        ax = axes[k // 2][k % 2]
+        ax.imshow(Image.open(io.BytesIO(png)))
+        ax.set_title(f"{'clean' if k % 2 == 0 else f'PGD ε={eps:g}'}: {label}", fontsize=8)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no image was turned from right to wrong", ha="center")
+    fig.suptitle("What the FP32 model looked at (red), before and after the attack", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def write_outputs(rows: list[dict], num_images: int, params: RobustnessParams) -> None:
@@ -225,10 +284,11 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     params = load_settings(RobustnessParams, "robustness")
     models = {"fp32": ONNX_MODEL, "int8": INT8_MODEL}
-    rows = robustness(KERAS_MODEL, models, PREPARED, params)
+    rows = robustness(KERAS_MODEL, models, PREPARED, params, ROBUSTNESS_ATTENTION)
     num = Prepared.read().num_val
     write_outputs(rows, int(num), params)
-    print(f"robustness: curve in {ROBUSTNESS_CURVE}, plot in {ROBUSTNESS_PLOT}")
+    print(f"robustness: curve in {ROBUSTNESS_CURVE}, plot in {ROBUSTNESS_PLOT}, maps of "
+          f"adversarial examples in {ROBUSTNESS_ATTENTION}")  # fmt: skip
 
 
 if __name__ == "__main__":
