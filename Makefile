@@ -15,7 +15,7 @@ UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --hel
 CAPTURE_DIR ?= $(CURDIR)/.capture
 
 .PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
-	status canary shadow promote rollback bench-lifecycle lock feedback harvest pointing
+	status canary shadow promote rollback bench-lifecycle lock feedback harvest pointing bench-explain
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
@@ -32,6 +32,7 @@ help:
 	@echo "make pointing   how well the served model's explanations point at the demo shapes"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
+	@echo "make bench-explain   what explanations cost at 64² and 224² (~3 min)"
 	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
 	@echo "make search  Optuna hyperparameter search, resumable (params: search; SEARCH_ARGS=--run-best)"
 	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
@@ -154,6 +155,10 @@ bench: $(STAMP)
 # A promote under load alone (make bench runs it too): p50/p99 during it vs steady state.
 bench-lifecycle: $(STAMP)
 	$(BIN)/python -m imgcls_bench.lifecycle $(BENCH_LIFECYCLE_ARGS)
+
+# What explanations cost (README "Explanations"): /explain at c1/c4, CPU each, /predict with 10 % mixed in.
+bench-explain: $(STAMP)
+	$(BIN)/python -m imgcls_bench.explain $(BENCH_EXPLAIN_ARGS)
 
 # Experiments (not part of dvc repro): each needs the prepared data, so prepare runs first.
 compare: data

@@ -11,10 +11,16 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.bench]
 
 
-def test_bench_quick_run_writes_table_json_and_chart(tmp_path):
+@pytest.fixture(scope="module")
+def bench_work(tmp_path_factory):
+    """The bench's scratch folder, shared: its 32² models are built once for both runs."""
+    return tmp_path_factory.mktemp("bench-work")
+
+
+def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     out = tmp_path / "results"
     cmd = [sys.executable, "-m", "imgcls_bench", "--quick", "--sizes", "32", "--seconds", "0.5",
-           "--skip-peers", "--out", str(out), "--work", str(tmp_path / "work")]  # fmt: skip
+           "--skip-peers", "--out", str(out), "--work", str(bench_work)]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "bench.json").read_text())
@@ -81,3 +87,18 @@ def test_bench_headline_is_the_served_size_and_bad_sizes_are_refused(tmp_path):
     cmd = [sys.executable, "-m", "imgcls_bench", "--sizes", "64,big"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "--sizes takes integers" in run.stderr
+
+
+def test_bench_explain_measures_every_row_without_errors(tmp_path, bench_work):
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "imgcls_bench.explain", "--sizes", "32", "--seconds", "1",
+           "--out", str(out), "--work", str(bench_work)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads((out / "explain.json").read_text())["32"]
+    assert [(r["name"], r["concurrency"]) for r in rows] == [
+        ("explain fp32", 1), ("explain fp32", 4), ("explain int8", 1), ("explain int8", 4),
+        ("predict fp32 alone", 4), ("predict fp32, 1 in 10 an explanation", 4)]  # fmt: skip
+    assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in rows), rows
+    assert all(r["cpu_s_per_image"] > 0 for r in rows)
+    assert "Explanations" in (out / "explain.md").read_text()

@@ -47,6 +47,22 @@ def test_triton_failures_are_classified_by_status_first(status, text, kind):
     assert classify(status, text) == kind
 
 
+def test_a_drift_output_the_config_dropped_makes_the_api_route_again():
+    """A version without a drift reference loaded beside one with it: the config stops declaring
+    the output, and a request still asking for it is routed again (retried), not a 502."""
+    from tritonclient.utils import InferenceServerException
+
+    from imgcls_api.settings import Settings
+    from imgcls_api.triton import TritonGateway, VersionGone
+
+    gateway = TritonGateway(Settings())
+    exc = InferenceServerException("unexpected inference output 'drift' for model 'resnet50v2'",
+                                   status="400")  # fmt: skip
+    assert isinstance(gateway._translate(exc, "resnet50v2", ""), VersionGone)
+    other = InferenceServerException("unexpected inference output 'logits'", status="400")
+    assert gateway._translate(other, "resnet50v2", "").status == 502
+
+
 def _repo(tmp_path: Path, candidate_accuracy: float) -> Path:
     repo = tmp_path / "repo"
     publish_model(

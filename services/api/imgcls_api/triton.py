@@ -230,6 +230,11 @@ class TritonGateway:
         """Triton's HTTP status decides; the message only when it carries none."""
         text = str(exc.message() or exc)
         kind = classify(_status(exc), text)
+        if f"output '{DRIFT_NAME}'" in text:
+            # The config no longer declares the drift output (a version without one was loaded
+            # beside this one): this routing is stale. Route again: the new one does not ask.
+            return VersionGone(f"model {model!r} changed its outputs: {text}",
+                               self.settings.retry_after_s)  # fmt: skip
         if kind == "unavailable":
             if version and "version" in text.lower():
                 return VersionGone(
