@@ -13,13 +13,13 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, request
 
 from imgcls.explain import MAX_IMAGES, Occlusion, overlay_png
 
 from . import inputs, monitoring
 from .errors import ApiError
-from .routes import admitted, chosen_model, model_json, refuse_oversized_body, result_json
+from .routes import admitted, answer, chosen_model, refuse_oversized_body, result_json
 from .settings import Settings
 
 bp = Blueprint("explain", __name__)
@@ -61,12 +61,7 @@ def _explain():
             png = base64.b64encode(overlay_png(pixels, grid)).decode()
             result["explanation"]["overlay"] = f"data:image/png;base64,{png}"
         results.append(result)
-    body = {"model": model_json(info), "request_id": g.request_id}
-    if len(results) == 1 and request.mimetype == "multipart/form-data":
-        body.update(results[0])
-    else:
-        body["results"] = results
-    return jsonify(body)
+    return answer(info, results)
 
 
 def _class_index(labels: tuple[str, ...], top: int) -> int:

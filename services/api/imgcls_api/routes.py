@@ -134,8 +134,14 @@ def _predict():
     monitoring.observe(info.name, info.version, info.labels, probs, drift, settings.low_confidence)
     results = [result_json(p, info.labels, top_k, d) for p, d in zip(probs, drift, strict=True)]
     _capture(info, results, batch)
+    return answer(info, results)
+
+
+def answer(info: ModelInfo, results: list[dict]):
+    """The response: the version that answered, the request id (for POST /feedback) and the
+    results. One multipart image answers flat; several parts, JSON and .npy answer a list, even
+    of one."""
     body = {"model": model_json(info), "request_id": g.request_id}
-    # One multipart image answers flat; several parts, JSON and .npy answer a list, even of one.
     if len(results) == 1 and request.mimetype == "multipart/form-data":
         body.update(results[0])
     else:
