@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,18 @@ def run(
             f"{cmd} failed ({result.returncode})\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "the condition", poll: float = 0.02):
+    """``predicate()``'s first truthy value within ``timeout`` seconds (background writes, a
+    server catching up), else an AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 def merge(base: dict, override: dict) -> dict:

@@ -10,7 +10,6 @@ import errno
 import io
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 
 from imgcls_api import create_app
 from imgcls_api.capture import Answer, CaptureStore
-from tests.conftest import InMemoryGateway
+from tests.conftest import InMemoryGateway, wait_until
 
 
 def _app(tmp_path: Path | None, **config):
@@ -44,13 +43,7 @@ def _predict(client, *bodies: bytes, headers=None):
 
 
 def _wait(predicate, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("timed out waiting for the capture store")
+    return wait_until(predicate, timeout, "the capture store")
 
 
 def _answered(client, store_dir: Path, *bodies: bytes) -> str:

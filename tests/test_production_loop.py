@@ -19,7 +19,7 @@ from PIL import Image
 
 from imgcls.preprocessing import load_image
 from model_preparation.reference import Reference, auc, embedder, features, photos
-from tests.conftest import run
+from tests.conftest import run, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SIZE = 48  # the tiny project's image_size
@@ -57,16 +57,6 @@ def _sum(samples: dict[str, float], name: str, **labels) -> float:
     pattern = re.compile(rf"^{re.escape(name)}(\{{|$)")
     return sum(v for k, v in samples.items() if pattern.match(k)
                and all(f'{a}="{b}"' in k for a, b in labels.items()))  # fmt: skip
-
-
-def _wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_the_drift_score_is_low_on_held_out_images_and_high_on_photos(api, tiny_project):
@@ -135,7 +125,7 @@ def test_capture_keeps_its_rate_and_cap_across_a_restart(triton, tiny_project, t
     try:
         first.start()
         early = [_predict(first, p.read_bytes())["request_id"] for p in files[:5]]
-        _wait_for(lambda: len(list((store / "requests").glob("*.json"))) == 5)
+        wait_until(lambda: len(list((store / "requests").glob("*.json"))) == 5)
     finally:
         first.stop()
     assert len(list((store / "requests").glob("*.png"))) == 5  # rate 1: every image
@@ -188,7 +178,7 @@ def test_a_correction_goes_from_the_api_into_data_raw_and_dvc_sees_it(
         return requests.post(url, json={"request_id": answer["request_id"], **body}, timeout=10)
 
     # the record is written in the background, right after the answer: until then, 404
-    _wait_for(lambda: post(label="square", index=3).status_code == 422)
+    wait_until(lambda: post(label="square", index=3).status_code == 422)
     for bad, code in (({"label": "../../etc"}, 422), ({"label": "dog"}, 422),
                       ({"label": "square", "index": 3}, 422)):  # fmt: skip
         resp = requests.post(url, json={"request_id": answer["request_id"], **bad}, timeout=10)
