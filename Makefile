@@ -29,7 +29,7 @@ help:
 	@echo "make rollback TO=N: drop the candidate, or serve the previous version again"
 	@echo "make feedback   the users' corrections waiting in CAPTURE_DIR (default .capture/)"
 	@echo "make harvest    add them to data/raw (IDS=\"id ...\" for some; then make model)"
-	@echo "make pointing   how well the served model's explanations point at the demo shapes"
+	@echo "make pointing   how well the served model's explanations point at the demo shapes (POINTING_ARGS=--label-shuffled: + a shuffled-label control, minutes)"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
 	@echo "make bench-explain   what explanations cost at 64² and 224² (~3 min)"
@@ -81,7 +81,7 @@ harvest: $(STAMP)
 # The explanations' quality on the demo data (README "Explanations"): the pointing game.
 MODEL_FILE ?= artifacts/model.onnx
 pointing: $(STAMP)
-	@$(BIN)/python -m model_preparation.tools.pointing --model $(MODEL_FILE)
+	@$(BIN)/python -m model_preparation.tools.pointing --model $(MODEL_FILE) $(POINTING_ARGS)
 
 # Changing the served model (README "Changing the model in production"): the running stack's
 # Triton (make up) is told through its admin API; TRITON_URL / API_URL point elsewhere.

@@ -41,6 +41,8 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     assert promote["errors"] == 0 and promote["steady"]["requests"] > 0, promote
     assert promote["during_promote"]["requests"] > 0 and promote["promote_command_s"] > 0
     assert "### Promote under load" in (out / "bench.md").read_text()
+    assert_explain_rows(bench["explain"])  # explanations: a section of every bench run
+    assert "### Explanations" in (out / "bench.md").read_text()
     # The overhead column is the issue's formula on numbers of this run, for every served row.
     decode, infer = bench["decode_ms"], bench["inference_ms"]
     assert decode > 0 and infer["fp32"] > 0 and infer["int8"] > 0 and infer["bf16"] > 0
@@ -95,10 +97,14 @@ def test_bench_explain_measures_every_row_without_errors(tmp_path, bench_work):
            "--out", str(out), "--work", str(bench_work)]  # fmt: skip
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = json.loads((out / "explain.json").read_text())["32"]
+    assert_explain_rows(json.loads((out / "explain.json").read_text())["32"])
+    assert "## Explanations" in (out / "explain.md").read_text()
+
+
+def assert_explain_rows(rows: list[dict]) -> None:
+    """p50/p99 at c1 and c4 for FP32 and INT8, CPU per explanation, /predict mixed at 10 %."""
     assert [(r["name"], r["concurrency"]) for r in rows] == [
         ("explain fp32", 1), ("explain fp32", 4), ("explain int8", 1), ("explain int8", 4),
         ("predict fp32 alone", 4), ("predict fp32, 1 in 10 an explanation", 4)]  # fmt: skip
     assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in rows), rows
-    assert all(r["cpu_s_per_image"] > 0 for r in rows)
-    assert "Explanations" in (out / "explain.md").read_text()
+    assert all(r["cpu_s_per_image"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)

@@ -8,7 +8,9 @@ direct (dynamic batching on/off); the API end to end (FP32, INT8, other instance
 batching off); the peers (original-style Flask, BentoML and Ray Serve when the optional bench
 environment exists); ONNX Runtime vs Keras; cold start; open-loop arrivals (a fixed rate, as
 independent users send) against two batching layouts; a promote under load (latency during it
-against steady state, time until all traffic is on the new version). Every row that serves JPEGs shows its
+against steady state, time until all traffic is on the new version); explanations (``POST
+/explain`` latency and CPU at c1/c4, FP32 and INT8, and ``/predict`` throughput with one request in
+ten an explanation). Every row that serves JPEGs shows its
 **serving overhead**: server CPU per image − JPEG decode − in-process inference, both measured in
 the same run. Writes ``bench.json``, ``bench.md`` and a chart per size.
 """
@@ -34,7 +36,7 @@ from local_stack.api import ApiServer
 from local_stack.triton import TritonServer
 from model_preparation.tools.demo_data import render
 
-from . import report
+from . import explain, report
 from .lifecycle import promote_under_load
 from .measure import Row, closed_loop
 from .serving import SizeContext, open_loop_rows, peers_available, serving_rows
@@ -214,6 +216,8 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
         out["lifecycle"] = promote_under_load(Path(built["repository"]), Path(built["fp32"]),
                                               jpegs["640x480"], work, secs,
                                               clients=4 if args.quick else 16)  # fmt: skip
+    _log(f"{size}²: explanations (alone, and 1 in {explain.MIX_EVERY} of /predict's requests)")
+    out["explain"] = explain.measure_size(Path(built["repository"]), jpegs["640x480"], work, secs)
     if not args.quick:
         _log(f"{size}²: ONNX Runtime vs Keras (tf.function)")
         out["onnxruntime_vs_keras"] = _keras_vs_ort(built, size, secs)

@@ -1,4 +1,5 @@
-"""What explanations cost on the served model, measured:
+"""What explanations cost on the served model, measured: a section of every ``make bench`` run
+(``measure_size``), and alone:
 
     python -m imgcls_bench.explain [--sizes 64,224] [--seconds 10] [--out bench-results]
 
@@ -70,8 +71,13 @@ def measure_size(repository: Path, jpeg: bytes, work: Path, seconds: float) -> l
     return [r.summary() for r in rows]
 
 
-def render(results: dict[int, list[dict]]) -> str:
-    lines = ["## Explanations (occlusion: 50 forward passes per image)", "",
+TITLE = "Explanations (occlusion: 50 forward passes per image)"
+
+
+def render(results: dict[int, list[dict]], title: str = f"## {TITLE}") -> str:
+    """The rows of one or more sizes as a markdown table: requests per second (explanations, or
+    predictions in the predict rows), latency and the server's CPU per request."""
+    lines = [title, "",
              "| size | row | clients | per second | p50 ms | p99 ms | server CPU s per request |",
              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for size, rows in results.items():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import goals
+from . import explain, goals
 from .measure import Row
 from .serving import Scenario
 
@@ -242,6 +242,9 @@ def _render_run(run: dict, result: dict) -> str:
         from .lifecycle import render as render_lifecycle
 
         lines += ["", render_lifecycle(run["lifecycle"])]
+    if "explain" in run:
+        table = explain.render({run["size"]: run["explain"]}, title=f"### {explain.TITLE}")
+        lines += ["", table]
     lines += ["", "Targets measured in this run: " + json.dumps(run["targets"]), ""]
     return "\n".join(lines) + "\n"
 

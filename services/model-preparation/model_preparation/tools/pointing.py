@@ -3,19 +3,29 @@ where each shape is (``demo_data.boxes``).
 
     python -m model_preparation.tools.pointing [--model model_repository/resnet50v2/1/model.onnx]
                                                [--limit 600] [--out artifacts/reports/explain.json]
+                                               [--label-shuffled]
 
 For each held-out image (prepare's own split) the occlusion map (``imgcls.explain``, the very
 computation ``POST /explain`` makes through Triton) of the predicted class is scored: the
 *pointing game* (the map's peak cell lies inside the shape's bounding box) and the share of the
-map's positive mass inside the box, against what a uniform map would put there. The same is
-measured on a copy of the model with random weights: an explanation that does not depend on the
-model would score as well there. Not a DVC stage: it needs the demo data's generator
-(``params.yaml`` ``demo``), so it is a check of the method, not of any dataset.
+map's positive mass inside the box, against what a uniform map would put there.
+
+The same is measured on control models that must fail (Adebayo et al.'s sanity checks: an
+explanation that does not depend on what the model learned would score as well there): a copy of
+the model with random weights, always, and with ``--label-shuffled`` a model trained by this
+project's own prepare/train/export stages and parameters on the same files with their labels
+shuffled (a few minutes of training, in a temporary directory). Not a DVC stage: it needs the demo
+data's generator (``params.yaml`` ``demo``), so it is a check of the method, not of any dataset.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +38,7 @@ from imgcls.params import load_settings
 from imgcls.preprocessing import ImageError, load_image
 from imgcls.runtimes import predict
 
-from ..common import RAW_DATA, REPORTS, PipelineError, run_cli, write_json
+from ..common import ONNX_MODEL, PARAMS_FILE, RAW_DATA, REPORTS, PipelineError, run_cli, write_json
 from ..onnx_utils import session
 from ..prepare import PrepareParams, Sample, discover, split
 from .demo_data import DemoParams, boxes
@@ -91,7 +101,30 @@ def randomized(model: Path, out: Path, seed: int = 0) -> Path:
     return out
 
 
-def evaluate(model: Path, raw: Path, limit: int) -> dict:
+def label_shuffled(raw: Path, work: Path, seed: int = 0) -> Path:
+    """A model trained on ``raw``'s files with their labels shuffled among them (class sizes
+    kept): this project's prepare, train and export stages with its ``params.yaml``, run in
+    ``work``. Such a model can only memorise, so its map must not point at the shapes."""
+    files = sorted(p for p in raw.glob("*/*") if p.is_file())
+    labels = [p.parent.name for p in files]
+    random.Random(seed).shuffle(labels)
+    for path, label in zip(files, labels, strict=True):
+        dest = work / RAW_DATA / label / f"{path.parent.name}-{path.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest)
+    params = shutil.copy2(PARAMS_FILE, work / "params.yaml")
+    env = {**os.environ, "PARAMS_FILE": str(params)}
+    print(f"label-shuffled control: training on {len(files)} files in {work}", flush=True)
+    for stage in ("prepare", "train", "export"):
+        done = subprocess.run([sys.executable, "-m", f"model_preparation.{stage}"], cwd=work, env=env,
+                              check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise PipelineError(f"label-shuffled control: stage {stage} failed "
+                                f"(exit {done.returncode})")  # fmt: skip
+    return work / ONNX_MODEL
+
+
+def evaluate(model: Path, raw: Path, limit: int, shuffled: bool = False) -> dict:
     demo = load_settings(DemoParams, "demo")
     prep = load_settings(PrepareParams, "prepare")
     known = boxes(list(demo.classes), demo.images_per_class, demo.seed, demo.min_side,
@@ -106,10 +139,13 @@ def evaluate(model: Path, raw: Path, limit: int) -> dict:
         images.append(load_image(path, prep.image_size))
         boxes_px.append(letterboxed(box, width, height, prep.image_size))
     result = {"model": str(model), "goal": GOAL,
-              "served": score(model, images, boxes_px, prep.image_size)}  # fmt: skip
+              "served": score(model, images, boxes_px, prep.image_size), "controls": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        noise = randomized(model, Path(tmp) / "random.onnx")
-        result["random_weights"] = score(noise, images, boxes_px, prep.image_size)
+        controls = {"random_weights": randomized(model, Path(tmp) / "random.onnx")}
+        if shuffled:
+            controls["label_shuffled"] = label_shuffled(raw, Path(tmp) / "shuffled")
+        for name, control in controls.items():
+            result["controls"][name] = score(control, images, boxes_px, prep.image_size)
     return result
 
 
@@ -118,13 +154,19 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("artifacts/model.onnx"))
     parser.add_argument("--limit", type=int, default=600, help="held-out images scored")
     parser.add_argument("--out", type=Path, default=REPORTS / "explain.json")
+    parser.add_argument("--label-shuffled", action="store_true",
+                        help="also train and score a label-shuffled control (minutes)")  # fmt: skip
     args = parser.parse_args()
-    result = evaluate(args.model, RAW_DATA, args.limit)
+    result = evaluate(args.model, RAW_DATA, args.limit, shuffled=args.label_shuffled)
     write_json(args.out, result)
-    s, r = result["served"], result["random_weights"]
+    s = result["served"]
     print(f"pointing game on {s['images']} held-out demo images: {s['pointing']:.3f} "
           f"(goal {GOAL}); mass inside the box {s['mass_inside']:.3f} vs {s['uniform_inside']:.3f} "
-          f"uniform; random weights: pointing {r['pointing']:.3f}, mass {r['mass_inside']:.3f}")  # fmt: skip
+          "uniform")  # fmt: skip
+    for name, c in result["controls"].items():
+        verdict = "fails the check, as it must" if c["pointing"] < GOAL else "PASSES the check"
+        print(f"control {name.replace('_', '-')}: pointing {c['pointing']:.3f}, mass "
+              f"{c['mass_inside']:.3f} ({verdict})")  # fmt: skip
 
 
 if __name__ == "__main__":
