@@ -15,7 +15,8 @@ UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --hel
 CAPTURE_DIR ?= $(CURDIR)/.capture
 
 .PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
-	status canary shadow promote rollback bench-lifecycle lock feedback harvest pointing bench-explain
+	status canary shadow promote rollback bench-lifecycle lock feedback harvest pointing bench-explain \
+	classify bench-batch
 
 help:
 	@echo "make up      install, build the demo model if none, serve Triton :8000 + API :5000"
@@ -35,6 +36,10 @@ help:
 	@echo "make bench-explain   what explanations cost at 64² and 224² (~3 min)"
 	@echo "make compare optimizer comparison as DVC experiments (params: compare; ~20 min)"
 	@echo "make search  Optuna hyperparameter search, resumable (params: search; SEARCH_ARGS=--run-best)"
+	@echo "             STORAGE=postgresql://user:pass@host/db: one study shared by many workers"
+	@echo "make classify SRC=folder|list.txt|s3://bucket/prefix [OUT=predictions.parquet]: label"
+	@echo "             an archive with the served model, resumable (CLASSIFY_ARGS=--shard 0/2 …)"
+	@echo "make bench-batch  classify throughput vs Triton direct; 1 vs 2 search workers (~6 min)"
 	@echo "make chart   check the Helm chart offline (lint, render, Kubernetes schemas)"
 	@echo "make lock    re-lock requirements/*.lock from requirements/*.txt (UPGRADE=1: newest)"
 
@@ -167,7 +172,16 @@ compare: data
 
 search: data
 	$(BIN)/dvc repro prepare
-	$(BIN)/python -m model_preparation.tools.search $(SEARCH_ARGS)
+	$(BIN)/python -m model_preparation.tools.search $(if $(STORAGE),--storage "$(STORAGE)") $(SEARCH_ARGS)
+
+# Label an archive with the model `make up` serves (README "Batch jobs").
+OUT ?= predictions.parquet
+classify: $(STAMP)
+	@test -n "$(SRC)" || { echo "usage: make classify SRC=folder|list.txt|s3://bucket/prefix [OUT=predictions.parquet]"; exit 2; }
+	$(BIN)/python -m imgcls_batch "$(SRC)" --out "$(OUT)" $(CLASSIFY_ARGS)
+
+bench-batch: $(STAMP)
+	$(BIN)/python -m imgcls_bench.batch $(BENCH_BATCH_ARGS)
 
 # Scale: prepare img/s + peak RSS at two dataset sizes, train img/s per train.cache mode.
 bench-pipeline: $(STAMP)

@@ -47,17 +47,22 @@ TINY_PARAMS = {
 }
 
 
+def run_env() -> dict[str, str]:
+    """The environment a user's shell has: the venv first on PATH, no analytics, quiet TF."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update({"DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_TERMINAL_PROMPT": "0"})
+    return env
+
+
 def run(
     cmd: list[str] | str, cwd: Path, check: bool = True, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run a command the way a user would in that directory (venv first on PATH)."""
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update({"DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_TERMINAL_PROMPT": "0"})
     result = subprocess.run(
         cmd,
         cwd=cwd,
-        env=env,
+        env=run_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

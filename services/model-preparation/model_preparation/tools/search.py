@@ -1,13 +1,20 @@
 """``make search``: hyperparameter search with Optuna, pruning bad trials as they train.
 
     python -m model_preparation.tools.search [--trials N] [--run-best] [--out reports/search]
+                                             [--storage postgresql://user:pass@host/db]
 
 The space, the sampler (TPE, random, CMA-ES, grid), the pruner (median, Hyperband, none) and the
 per-trial budget are params.yaml ``search``; the other training settings are ``train``'s. Each
 trial trains in this process with the train stage's own loop and reports its validation loss
 after every epoch, so the pruner can stop it early. The study lives in SQLite
 (``artifacts/search/optuna.db``): run the command again and it resumes where it stopped (a trial
-cut off by Ctrl-C or a crash is marked failed and the rest go on). It ends with a report
+cut off by Ctrl-C or a crash is marked failed and the rest go on).
+
+``--storage`` (or ``OPTUNA_STORAGE``) names a shared database instead, as Optuna documents for
+distributed optimisation: any number of processes or pods run this command on one study, each
+takes the next trial (trials are rows, created atomically: none runs twice), the pruner compares
+against every worker's trials, and together they stop at ``trials``. A worker that dies is found
+by its missing heartbeat and its trial marked failed. The local SQLite file is for one worker. It ends with a report
 (``report.md``: best trial, top trials, pruned count; ``history.png``, ``importance.png``;
 ``trials.csv``) and the best parameters as ``best_params.yaml`` and as the ``dvc exp run -S …``
 line that trains them in the pipeline; ``--run-best`` runs that line (experiment
@@ -23,8 +30,12 @@ import argparse
 import csv
 import dataclasses
 import math
+import os
+import re
+import socket
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +56,9 @@ from ..common import (
 )
 
 SEARCH_DIR = ARTIFACTS / "search"
+LOCAL_STORAGE = f"sqlite:///{SEARCH_DIR / 'optuna.db'}"
+HEARTBEAT_S = 20  # a shared study's workers beat this often; silent for GRACE_S = dead
+GRACE_S = 60
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 PRUNERS = ("median", "hyperband", "none")
 
@@ -132,14 +146,16 @@ def grid(space: dict, points: int) -> dict[str, list]:
     return out
 
 
-def make_sampler(params: SearchParams, done: int = 0):
+def make_sampler(params: SearchParams, done: int = 0, salt: int = 0):
     """The configured sampler, seeded with ``seed + trials already in the study``: a resumed
-    search draws new values instead of replaying the first run's."""
+    search draws new values instead of replaying the first run's. ``salt`` (a shared study's
+    workers: their process ids) keeps workers that start together from drawing the same values;
+    TPE then also assumes the worst for trials still running elsewhere (constant liar)."""
     import optuna
 
-    seed = params.seed + done
+    seed = params.seed + done + salt
     if params.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=bool(salt))
     if params.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if params.sampler == "cmaes":  # categorical dimensions fall back to independent sampling
@@ -159,12 +175,50 @@ def make_pruner(params: SearchParams):
     return optuna.pruners.NopPruner()
 
 
-def open_study(params: SearchParams, storage_dir: Path):
-    """Create or resume the study; trials left RUNNING by an interrupted run become FAIL."""
+def storage_url(url: str) -> str:
+    """SQLAlchemy's URL for ``url``: PostgreSQL through psycopg 3 (the driver installed)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def open_storage(url: str):
+    """The study's database, checked to answer (a clear error, not a traceback, when not)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if url == LOCAL_STORAGE:
+        SEARCH_DIR.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable
+    try:
+        return optuna.storages.RDBStorage(
+            storage_url(url), heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+            engine_kwargs={"pool_pre_ping": True, "connect_args": _connect_args(url)},
+        )  # fmt: skip
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"search storage {redacted(url)} does not answer: {reason}") from None
+
+
+def _connect_args(url: str) -> dict:
+    return {"connect_timeout": 10} if url.startswith(("postgres", "mysql")) else {}
+
+
+def open_study(params: SearchParams, storage_url: str = LOCAL_STORAGE):
+    """Create or resume the study. In the local SQLite file (one worker) trials left RUNNING by
+    an interrupted run become FAIL at once; in a shared database only those whose worker stopped
+    beating do (the others are running elsewhere)."""
     import optuna
 
-    storage_dir.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_dir / 'optuna.db'}")
+    storage = open_storage(storage_url)
+    shared = storage_url != LOCAL_STORAGE
     done = 0
     if params.study in optuna.get_all_study_names(storage):
         done = len(optuna.load_study(study_name=params.study, storage=storage).trials)
@@ -173,13 +227,34 @@ def open_study(params: SearchParams, storage_dir: Path):
         storage=storage,
         load_if_exists=True,
         direction="minimize",
-        sampler=make_sampler(params, done),
+        sampler=make_sampler(params, done, salt=os.getpid() if shared else 0),
         pruner=make_pruner(params),
     )
+    if shared:
+        optuna.storages.fail_stale_trials(study)
+        return study
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         print(f"[search] trial {trial.number} was interrupted: marked failed", flush=True)
     return study
+
+
+def _taken(trials: list) -> list:
+    """Trials some worker has started (enqueued ones, WAITING, are still to be taken)."""
+    import optuna
+
+    return [t for t in trials if t.state != optuna.trial.TrialState.WAITING]
+
+
+def stop_at(total: int):
+    """An Optuna callback: stop this worker once the study holds ``total`` trials, counting
+    those other workers are running (so N workers do not run N − 1 trials too many)."""
+
+    def callback(study, _trial) -> None:
+        if len(_taken(study.get_trials(deepcopy=False))) >= total:
+            study.stop()
+
+    return callback
 
 
 def objective_for(params: SearchParams, train_section: dict):
@@ -195,6 +270,7 @@ def objective_for(params: SearchParams, train_section: dict):
         settings = parse_settings(
             TrainParams, apply_overrides(train_section, values, params), "search trial"
         )
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         print(f"[search] trial {trial.number}: {values}", flush=True)
 
         def report(epoch: int, logs: dict[str, float]) -> None:
@@ -323,6 +399,9 @@ def main() -> None:
         "--run-best", action="store_true", help="then run the best as an experiment"
     )
     parser.add_argument("--out", type=Path, default=Path("reports/search"))
+    parser.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE") or LOCAL_STORAGE,
+                        help="the study's database URL, shared by every worker "
+                        "(default: the local SQLite file; postgresql://user:pass@host/db)")  # fmt: skip
     args = parser.parse_args()
     params = load_settings(SearchParams, "search")
     if args.trials is not None:
@@ -333,12 +412,16 @@ def main() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(params, SEARCH_DIR)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-    remaining = max(0, params.trials - len(finished))
-    print(f"[search] study {params.study!r}: {len(finished)} trials done, {remaining} to go")
+    study = open_study(params, args.storage)
+    trials = _taken(study.get_trials(deepcopy=False))
+    finished = [t for t in trials if t.state.is_finished()]
+    remaining = max(0, params.trials - len(trials))
+    elsewhere = len(trials) - len(finished)
+    print(f"[search] study {params.study!r}: {len(finished)} trials done, "
+          + (f"{elsewhere} running elsewhere, " if elsewhere else "") + f"{remaining} to go")  # fmt: skip
     if remaining:
-        study.optimize(objective_for(params, train_section), n_trials=remaining)
+        study.optimize(objective_for(params, train_section), n_trials=remaining,
+                       callbacks=[stop_at(params.trials)])  # fmt: skip
     print(write_report(study, params, args.out))
     if args.run_best:
         cmd = dvc_command(study.best_trial.params)

@@ -1,0 +1,1 @@
+"""Batch jobs over an archive: ``python -m imgcls_batch`` (``make classify``)."""
