@@ -216,3 +216,81 @@ def test_capture_is_off_by_default_and_mounts_a_shared_claim_when_on(default):
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     volumes = {v["name"]: v for v in _pod(rendered, "api")["volumes"]}
     assert volumes["capture"]["persistentVolumeClaim"]["claimName"] == "test-imgcls-capture"
+
+
+CLASSIFY = [GIT, "classify.enabled=true", "classify.source=s3://archive/2025",
+            "classify.outputClaim=predictions", "classify.credentialsSecret=s3-credentials",
+            "classify.shards=3", "classify.model=resnet50v2_int8"]  # fmt: skip
+
+
+def test_an_archive_is_classified_by_an_indexed_job_of_n_shards(default):
+    assert not [m for m in default if m["kind"] == "Job"]  # off by default
+    rendered = chartcheck.render(sets=CLASSIFY)
+    chartcheck.validate(rendered)
+    (job,) = [m for m in rendered if m["kind"] == "Job"]
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "imgcls-api:latest"  # the batch job ships in the API image
+    command = container["args"][0]
+    assert 'python -m imgcls_batch "$SOURCE" --shard "$JOB_COMPLETION_INDEX/$SHARDS"' in command
+    assert "predictions-$JOB_COMPLETION_INDEX-of-$SHARDS.parquet" in command
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SOURCE"] == "s3://archive/2025" and env["SHARDS"] == "3"
+    assert env["MODEL_NAME"] == "resnet50v2_int8" and env["TRITON_URL"] == "test-imgcls-triton:8000"
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    claims = {v["name"]: v.get("persistentVolumeClaim") for v in pod["volumes"]}
+    assert claims["output"] == {"claimName": "predictions"} and "data" not in claims
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # the same values are the same Job (an upgrade leaves it alone); new values a new one
+    again = next(m for m in chartcheck.render(sets=CLASSIFY) if m["kind"] == "Job")
+    other = chartcheck.render(sets=[*CLASSIFY, "classify.shards=4"])
+    assert again["metadata"]["name"] == job["metadata"]["name"]
+    assert (
+        next(m for m in other if m["kind"] == "Job")["metadata"]["name"] != job["metadata"]["name"]
+    )
+
+
+def test_a_folder_archive_is_mounted_read_only_from_a_claim():
+    rendered = chartcheck.render(sets=[*CLASSIFY, "classify.source=/data/photos",
+                                       "classify.sourceClaim=photos"])  # fmt: skip
+    chartcheck.validate(rendered)
+    pod = next(m for m in rendered if m["kind"] == "Job")["spec"]["template"]["spec"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in pod["containers"][0][
+        "volumeMounts"
+    ]
+    data = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert data["persistentVolumeClaim"] == {"claimName": "photos", "readOnly": True}
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["classify.outputClaim="], "classify.outputClaim is required"),
+        (["classify.source=/data/x"], "mount the archive with classify.sourceClaim"),
+        (["classify.source=photos/"], "classify/source"),
+        (["classify.shards=0"], "minimum: got 0, want 1"),
+        (["search.enabled=true"], "search.storageSecret is required"),
+        (["search.enabled=true", "search.storageSecret=db", "search.workers=0"], "minimum"),
+    ],
+    ids=["no-output", "path-without-claim", "relative-path", "zero-shards", "no-dsn", "no-workers"],
+)
+def test_bad_batch_values_are_refused_at_render(sets, message):
+    with pytest.raises(RuntimeError, match=message):
+        chartcheck.render(sets=[*CLASSIFY, *sets])
+
+
+def test_search_workers_share_a_study_whose_dsn_comes_from_a_secret():
+    rendered = chartcheck.render(sets=[GIT, "search.enabled=true", "search.workers=3",
+                                       "search.storageSecret=optuna-db", "search.trials=24"])  # fmt: skip
+    chartcheck.validate(rendered)
+    (job,) = [m for m in rendered if m["kind"] == "Job"]
+    assert job["spec"]["parallelism"] == job["spec"]["completions"] == 3
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "python -m model_preparation.tools.search" in container["args"][0]
+    assert "dvc pull data.dvc && dvc repro prepare" in container["args"][0]
+    assert container["args"][1:] == ["search", "--trials=24"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["OPTUNA_STORAGE"]["valueFrom"]["secretKeyRef"] == {"name": "optuna-db", "key": "url"}
+    assert "value" not in env["OPTUNA_STORAGE"]  # never the DSN itself in the manifest
