@@ -1,6 +1,7 @@
-"""A real PostgreSQL (Debian's ``postgresql``) for the tests: its own data directory and port,
-started by ``initdb`` + ``pg_ctl`` and always stopped (``pg_ctl stop -m immediate``, then the
-process group if it lingers). As root it runs as the ``postgres`` user: the server refuses root.
+"""A private PostgreSQL (Debian's ``postgresql``) for the tests and ``make bench-batch``: its own
+data directory and port, started by ``initdb`` + ``pg_ctl`` and always stopped (``pg_ctl stop -m
+immediate``, then the postmaster itself if it lingers). As root it runs as the ``postgres`` user:
+the server refuses root.
 """
 
 from __future__ import annotations
@@ -17,15 +18,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+
+class PostgresMissing(RuntimeError):
+    """No PostgreSQL server binaries on this machine."""
 
 
-def _bin_dir() -> Path:
+def bin_dir() -> Path:
+    """Debian's server binaries (the newest installed major version)."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     if not found:
-        if os.environ.get("REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL is not installed (apt-get install postgresql)")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+        raise PostgresMissing("PostgreSQL is not installed (apt-get install postgresql)")
     return Path(found[-1]).parent
 
 
@@ -46,7 +48,7 @@ def postgres_server() -> Iterator[str]:
     """A running server; yields the URL of its database ``optuna`` (user ``test``, trust auth
     on 127.0.0.1 only). Its files live in a directory of their own under the system's temporary
     folder (pytest's are private to root, which the server's user cannot enter), removed after."""
-    bindir, port = _bin_dir(), _free_port()
+    bindir, port = bin_dir(), _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="imgcls-postgres-"))
     data, sockets = workdir / "pgdata", workdir / "pgsock"
     sockets.mkdir()
