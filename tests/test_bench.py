@@ -108,3 +108,29 @@ def assert_explain_rows(rows: list[dict]) -> None:
         ("predict fp32 alone", 4), ("predict fp32, 1 in 10 an explanation", 4)]  # fmt: skip
     assert all(r["errors"] == 0 and r["img_per_s"] > 0 for r in rows), rows
     assert all(r["cpu_s_per_image"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0 for r in rows)
+
+
+def test_bench_batch_measures_classify_shards_and_search_workers(tmp_path, bench_work,
+                                                                 tiny_project):  # fmt: skip
+    """Run where a project's prepared data is (the tiny project), so the search rows run too."""
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "imgcls_bench.batch", "--images", "90", "--size", "32",
+           "--seconds", "0.5", "--search-trials", "2", "--out", str(out), "--work",
+           str(bench_work)]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tiny_project)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((out / "batch.json").read_text())
+    assert result["triton_direct"]["img_per_s"] > 0 and result["api_best"]["errors"] == 0
+    classify = result["classify"]
+    assert (classify["fifth"]["images"], classify["all"]["images"]) == (18, 90)
+    assert classify["all"]["img_per_s"] > 0 and classify["all"]["peak_rss_mb"] > 0
+    assert result["classify_over_triton_direct"] > 0
+    shards = result["shards"]
+    assert shards["exit_codes"] == [0, 0] and sum(shards["rows"]) == 90
+    assert (
+        shards["union_is_the_files"] and shards["no_file_twice"] and shards["same_rows_as_one_run"]
+    )
+    search = result["search"]
+    assert search["workers_1"]["exit_codes"] == [0] and search["workers_2"]["exit_codes"] == [0, 0]
+    assert search["two_over_one"] > 0
+    assert "## Batch jobs" in (out / "batch.md").read_text()

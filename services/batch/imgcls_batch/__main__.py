@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> dict:
     output = Output(args.out, info.name, overwrite=args.overwrite)
     before = output.versions()
     todo = [p for p in paths if p not in output.done]
-    counts = {"rows": 0, "errors": 0}
+    counts: dict = {"rows": 0, "errors": 0}
+    started = time.monotonic()
     bar = tqdm(total=len(todo), unit="file", disable=args.quiet, dynamic_ncols=True,
                mininterval=0.5 if sys.stderr.isatty() else 10.0,
                desc=f"shard {shard} · {info.name} v{info.version}")  # fmt: skip
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         output.append(buffer)  # what was answered is kept, whatever stopped the job
         bar.close()
     total = output.finish()
+    counts["seconds"] = round(time.monotonic() - started, 2)
     if before - {info.version}:
         print(f"note: {args.out} also holds rows of version(s) {', '.join(sorted(before))}",
               file=sys.stderr)  # fmt: skip
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(f"classified {summary['rows']} files ({summary['errors']} with an error) of "
           f"{summary['files']} in shard {summary['shard']} with {summary['model']} "
-          f"v{summary['version']}: {summary['total_rows']} rows in {summary['out']}")  # fmt: skip
+          f"v{summary['version']} in {summary['seconds']} s "
+          f"({summary['rows'] / max(summary['seconds'], 1e-9):.1f} files/s): "
+          f"{summary['total_rows']} rows in {summary['out']}")  # fmt: skip
     return 0
 
 

@@ -55,7 +55,8 @@ def _write(table: pa.Table, path: Path) -> None:
 
 
 class Output:
-    """The rows of one output file: those already written, and those this run adds."""
+    """The rows of one output file: those already written, and those this run adds. Only their
+    paths stay in memory; the rows are on disk, read once more by ``finish``."""
 
     def __init__(self, path: Path, model: str, overwrite: bool = False) -> None:
         if path.suffix not in FORMATS:
@@ -67,21 +68,24 @@ class Output:
         if overwrite:
             path.unlink(missing_ok=True)
             shutil.rmtree(self.parts, ignore_errors=True)
-        self._tables = self._existing()
-        models = set()
-        for table in self._tables:
+        models: set[str] = set()
+        self.done: set[str] = set()  # the paths with a row: all this run keeps in memory
+        self._versions: set[str] = set()
+        for table in self._existing():
             models |= set(table.column("model").drop_null().to_pylist())
+            self._versions |= set(table.column("version").drop_null().to_pylist())
+            self.done.update(table.column("path").to_pylist())
         if models - {model}:
             others = ", ".join(sorted(models - {model}))
             raise OutputError(f"--out {path} holds rows of model {others}, not {model}: "
                               "pass --overwrite or another --out")  # fmt: skip
-        self.done: set[str] = {p for t in self._tables for p in t.column("path").to_pylist()}
         self._next = 1 + max((int(p.stem.split("-")[1]) for p in self._part_files()), default=0)
 
     def _part_files(self) -> list[Path]:
         return sorted(self.parts.glob("part-*.parquet")) if self.parts.is_dir() else []
 
     def _existing(self) -> list[pa.Table]:
+        """The finished output and every part, read from disk."""
         tables = []
         for path in ([self.path] if self.path.exists() else []) + self._part_files():
             try:
@@ -92,7 +96,8 @@ class Output:
         return tables
 
     def versions(self) -> set[str]:
-        return {v for t in self._tables for v in t.column("version").drop_null().to_pylist()}
+        """The model versions of the rows written before this run."""
+        return set(self._versions)
 
     def append(self, rows: list[dict]) -> None:
         """One part file for ``rows`` (their paths are then done)."""
@@ -103,15 +108,15 @@ class Output:
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         _write(table, self.parts / f"part-{self._next:06d}.parquet")
         self._next += 1
-        self._tables.append(table)
         self.done.update(r["path"] for r in rows)
 
     def finish(self) -> int:
         """Everything as one file at ``--out`` (one row per path, sorted by path); the rows."""
-        if not self._tables:
+        tables = self._existing()
+        if not tables:
             table = SCHEMA.empty_table()
         else:
-            table = pa.concat_tables(self._tables)
+            table = pa.concat_tables(tables)
             # one row per path: the first written (parts never repeat a path, but a file another
             # tool appended to might)
             keep = pc.equal(pc.index_in(table.column("path"), table.column("path")),
@@ -119,5 +124,4 @@ class Output:
             table = table.filter(keep).sort_by("path")
         _write(table, self.path)
         shutil.rmtree(self.parts, ignore_errors=True)
-        self._tables = [table]
         return len(table)
