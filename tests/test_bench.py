@@ -121,10 +121,11 @@ def test_bench_batch_measures_classify_shards_and_search_workers(tmp_path, bench
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((out / "batch.json").read_text())
     assert result["triton_direct"]["img_per_s"] > 0 and result["api_best"]["errors"] == 0
+    assert result["triton_batched"]["img_per_s"] > 0 and result["triton_direct"]["errors"] == 0
     classify = result["classify"]
     assert (classify["fifth"]["images"], classify["all"]["images"]) == (18, 90)
     assert classify["all"]["img_per_s"] > 0 and classify["all"]["peak_rss_mb"] > 0
-    assert result["classify_over_triton_direct"] > 0
+    assert result["classify_over_triton_direct"] > 0 and result["classify_over_triton_batched"] > 0
     shards = result["shards"]
     assert shards["exit_codes"] == [0, 0] and sum(shards["rows"]) == 90
     assert (

@@ -287,6 +287,15 @@ def objective_for(params: SearchParams, train_section: dict):
     return objective
 
 
+def limit_threads(threads: int) -> None:
+    """TensorFlow's op pools at ``threads`` (before its runtime starts: before the first trial).
+    Workers sharing a machine then share its cores instead of oversubscribing them."""
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
 def dvc_command(best: dict[str, Any], name: str = "search-best") -> list[str]:
     cmd = ["dvc", "exp", "run", "-n", name]
     for key, value in best.items():
@@ -402,7 +411,14 @@ def main() -> None:
     parser.add_argument("--storage", default=os.environ.get("OPTUNA_STORAGE") or LOCAL_STORAGE,
                         help="the study's database URL, shared by every worker "
                         "(default: the local SQLite file; postgresql://user:pass@host/db)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for this worker's TensorFlow (default: all; several "
+                        "workers on one machine: its cores ÷ workers)")  # fmt: skip
     args = parser.parse_args()
+    if args.threads < 0:
+        raise PipelineError("--threads: 0 (all) or more")
+    if args.threads:
+        limit_threads(args.threads)
     params = load_settings(SearchParams, "search")
     if args.trials is not None:
         params = dataclasses.replace(params, trials=args.trials)
