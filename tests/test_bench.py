@@ -135,3 +135,45 @@ def test_bench_batch_measures_classify_shards_and_search_workers(tmp_path, bench
     assert search["workers_1"]["exit_codes"] == [0] and search["workers_2"]["exit_codes"] == [0, 0]
     assert search["two_over_one"] > 0
     assert "## Batch jobs" in (out / "batch.md").read_text()
+
+
+def test_a_bench_stopped_by_sigterm_leaves_no_server_behind(tmp_path, bench_work):
+    """SIGTERM to the bench alone (not its group), while its Triton serves: Triton, its backend
+    stubs and gunicorn all go with it."""
+    import signal
+    import time
+
+    import psutil
+
+    cmd = [sys.executable, "-m", "imgcls_bench.explain", "--sizes", "32", "--seconds", "60",
+           "--out", str(tmp_path / "results"), "--work", str(bench_work)]  # fmt: skip
+    bench = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        servers: list[psutil.Process] = []
+        while time.monotonic() < deadline and bench.poll() is None:
+            tree = psutil.Process(bench.pid).children(recursive=True)
+            lines = [_cmdline(p) for p in tree]
+            if any("triton_python_backend_stub" in c for c in lines) and any(
+                "gunicorn" in c for c in lines
+            ):
+                servers = tree
+                break
+            time.sleep(0.5)
+        assert servers, "the bench never had Triton's stubs and the API running"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=60) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, [_cmdline(p)[:120] for p in alive]
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+
+
+def _cmdline(process) -> str:
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie not yet reaped
+        return ""

@@ -33,6 +33,7 @@ from PIL import Image
 
 from imgcls.preprocessing import letterbox_image, load_image, to_rgb
 from local_stack.api import ApiServer
+from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
 from model_preparation.tools.demo_data import render
 
@@ -263,6 +264,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench stops its servers too
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )

@@ -37,6 +37,7 @@ import tritonclient.http as httpclient
 import yaml
 
 from local_stack.api import ApiServer
+from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
 from model_preparation.tools.demo_data import render
 
@@ -254,6 +255,7 @@ def render_md(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()  # a killed bench stops its servers too
     from .__main__ import _build
 
     parser = argparse.ArgumentParser(description=__doc__,

@@ -20,6 +20,7 @@ from pathlib import Path
 import requests
 
 from local_stack.api import ApiServer
+from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
 
 from .measure import Row, closed_loop
@@ -89,6 +90,7 @@ def render(results: dict[int, list[dict]], title: str = f"## {TITLE}") -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()  # a killed bench stops its servers too
     from .__main__ import IMAGE_SIZES, _build, _sizes, make_jpegs
 
     parser = argparse.ArgumentParser(description=__doc__,

@@ -29,6 +29,7 @@ import requests
 from imgcls.lifecycle import Controller, LifecycleParams
 from imgcls.triton_control import TritonControl
 from local_stack.api import ApiServer
+from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
 
 # The bench measures the mechanics, not a model's quality: no gate.
@@ -173,6 +174,7 @@ def render(result: dict) -> str:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a killed bench stops its servers too
     from .__main__ import IMAGE_SIZES, _build, make_jpegs, served_size
 
     parser = argparse.ArgumentParser(

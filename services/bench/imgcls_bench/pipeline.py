@@ -33,6 +33,7 @@ import numpy as np
 import psutil
 import yaml
 
+from local_stack.procs import exit_on_sigterm
 from model_preparation.common import Prepared
 from model_preparation.tools.demo_data import render
 
@@ -305,6 +306,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    exit_on_sigterm()  # a killed bench stops its servers too
     args = parse_args(argv)
     cpus = os.sched_getaffinity(0)
     per_class = [-(-n // len(CLASSES)) for n in args.sizes]

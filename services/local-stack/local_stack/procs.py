@@ -125,6 +125,18 @@ class ManagedProcess:
         self.stop()
 
 
+def exit_on_sigterm() -> None:
+    """In a command that starts servers with this module: SIGTERM (``kill``, ``timeout``, a
+    supervisor) becomes ``SystemExit``, so its ``with`` blocks stop them, process group and all.
+    Without it the command vanishes and Triton, SIGTERMed by its parent-death signal while still
+    loading models, can leave its backend stubs running."""
+    signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _with_parent_death_signal(cmd: list[str]) -> list[str]:
     """Have the kernel SIGTERM the child if its parent dies without stopping it (SIGKILL, a
     crash): ``setpriv --pdeathsig`` (util-linux) sets it just before exec, no preexec_fn."""
