@@ -8,6 +8,10 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 PYTEST_ARGS ?=
+# Two pytest-xdist workers share the slow tiers (tests/scheduling.py says who takes what);
+# PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+XDIST = -n $(PYTEST_WORKERS) --dist load
 MODEL_REPOSITORY ?= model_repository
 UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --help)
 # `make up` keeps what the model was asked and the users' corrections here (README "Monitoring
@@ -15,7 +19,7 @@ UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --hel
 CAPTURE_DIR ?= $(CURDIR)/.capture
 
 .PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
-	status canary shadow promote rollback bench-lifecycle lock feedback harvest pointing bench-explain \
+	status gate rollout canary shadow promote rollback bench-lifecycle lock feedback harvest pointing bench-explain \
 	classify bench-batch
 
 help:
@@ -23,10 +27,12 @@ help:
 	@echo "make test    install and run the whole test suite (lint included)"
 	@echo "make test-fast         the unit tier (seconds); make test-integration: real servers"
 	@echo "make model   run the DVC pipeline; a new version starts as a candidate (shadow)"
-	@echo "make status  the served versions, the candidate and its live agreement"
+	@echo "make status  the served versions, the gate set, the candidate's gate report and live guards"
+	@echo "make rollout the candidate through the labelled gate, shadow and canary steps to promote, by itself"
+	@echo "make gate    the labelled gate alone: the candidate against the serving version (changes nothing)"
 	@echo "make canary  PERCENT=10 VERSION=N: the candidate answers that share of requests"
 	@echo "make shadow  PERCENT=100 VERSION=N: the candidate is asked in the background"
-	@echo "make promote VERSION=N FORCE=1: the candidate serves everything (gated)"
+	@echo "make promote VERSION=N FORCE=1: the candidate serves everything (the labelled gate; FORCE overrides)"
 	@echo "make rollback TO=N: drop the candidate, or serve the previous version again"
 	@echo "make feedback   the users' corrections waiting in CAPTURE_DIR (default .capture/)"
 	@echo "make harvest    add them to data/raw (IDS=\"id ...\" for some; then make model)"
@@ -98,6 +104,11 @@ status: $(STAMP)
 canary shadow: $(STAMP)
 	@$(LIFECYCLE) $@ $(VERSION) $(if $(PERCENT),--percent $(PERCENT))
 
+# Decided on evidence (README "Changing the model in production"): the labelled gate alone, or
+# the whole roll-out (exit 0 promoted, 3 refused or rolled back, 4 inconclusive).
+gate rollout: $(STAMP)
+	@$(LIFECYCLE) $@ $(VERSION)
+
 promote: $(STAMP)
 	@$(LIFECYCLE) promote $(VERSION) $(if $(FORCE),--force)
 
@@ -126,7 +137,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 test: $(STAMP) lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 # Three speeds: test-fast (seconds: every unit, the app with an in-memory gateway, the contracts),
 # test-integration (minutes: the real Triton and gunicorn on the tiny model, which the suite
@@ -136,7 +147,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest -m "integration and not bench and not browser" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "integration and not bench and not browser" $(PYTEST_ARGS)
 
 # The Helm chart, offline: helm lint + template + Kubernetes schemas (deploy/helm/chartcheck.py).
 chart: $(STAMP)

@@ -5,74 +5,17 @@ Everything started here is stopped here, whatever the tests do.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-# The tiny project is built once and kept here, keyed by everything its build depends on: a second
-# run of the suite (or `make test-integration`) starts from it instead of running `dvc repro`.
-PROJECT_CACHE = REPO / ".cache" / "test-project"
+from tests import builds
+from tests.builds import REPO, VENV_BIN, copy_project, make_project, merge, run, run_env
 
+__all__ = ["REPO", "VENV_BIN", "make_project", "merge", "run", "run_env", "wait_until"]
 
-def _build_inputs() -> list[str]:
-    """What the build reads: the pipeline's definition and parameters, the demo data generator,
-    and every code file a stage depends on (dvc.yaml's deps, held complete by
-    tests/test_stage_contract.py)."""
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].values()
-    code = sorted({d for s in stages for d in s["deps"] if d.startswith("services/")})
-    return ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "model.dvc",
-            "requirements/train.txt", "services/model-preparation/model_preparation/tools/demo_data.py",
-            *code]  # fmt: skip
-
-
-# Small enough for CI on 2 cores, big enough that the model must learn the shapes.
-TINY_PARAMS = {
-    "demo": {"images_per_class": 600, "min_side": 72, "max_side": 96},
-    "prepare": {"image_size": 48},
-    "train": {"epochs": 10, "steps_per_epoch": 30, "batch_size": 32, "patience": 10},
-    "export": {"parity_samples": 8},
-    "quantize": {"calibration_images": 64, "min_agreement": 0.8},
-    "publish": {"max_batch_size": 16},
-    "compare": {"optimizers": ["adam", "sgd"], "seeds": [1], "epochs": 2, "steps_per_epoch": 3},
-}
-
-
-def run_env() -> dict[str, str]:
-    """The environment a user's shell has: the venv first on PATH, no analytics, quiet TF."""
-    env = dict(os.environ)
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update({"DVC_NO_ANALYTICS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_TERMINAL_PROMPT": "0"})
-    return env
-
-
-def run(
-    cmd: list[str] | str, cwd: Path, check: bool = True, timeout: float = 900
-) -> subprocess.CompletedProcess:
-    """Run a command the way a user would in that directory (venv first on PATH)."""
-    result = subprocess.run(
-        cmd,
-        cwd=cwd,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        shell=isinstance(cmd, str),
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{cmd} failed ({result.returncode})\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
-        )
-    return result
+pytest_plugins = ["tests.phases", "tests.scheduling"]
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "the condition", poll: float = 0.02):
@@ -87,74 +30,23 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "the condition", po
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def make_project(dest: Path, params_override: dict | None = None) -> Path:
-    """A git + DVC checkout of this project's pipeline, with its own params."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore", "model.dvc"):
-        if (REPO / name).exists():
-            shutil.copy2(REPO / name, dest / name)
-    shutil.copytree(
-        REPO / "services",
-        dest / "services",
-        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
-    )
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(
-        yaml.safe_dump(merge(params, params_override or {}), sort_keys=False)
-    )
-    run(
-        "git init -q && git config user.email t@example.invalid && git config user.name tests", dest
-    )
-    run("dvc init -q && dvc config core.analytics false", dest)
-    run("git add -A && git commit -qm 'project'", dest)  # like a clone: DVCLive needs a commit
-    return dest
-
-
-def build_key(params_override: dict) -> str:
-    """A digest of every file the tiny project's build reads, and its parameters."""
-    digest = hashlib.sha256(json.dumps(params_override, sort_keys=True).encode())
-    for name in _build_inputs():
-        path = REPO / name
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        for f in files:
-            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
-                digest.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def build_tiny_project(dest: Path) -> Path:
-    """The real pipeline (`dvc repro`) on a tiny demo dataset with one corrupt file in it."""
-    root = make_project(dest, TINY_PARAMS)
-    run([sys.executable, "-m", "model_preparation.tools.demo_data"], root)
-    (root / "data/raw/circle/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    run("dvc add -q data && dvc repro && dvc commit -q -f model.dvc", root)
-    run("git add -A && git commit -qm 'tiny project'", root)
-    return root
-
-
-def cached_tiny_project() -> Path:
-    """The tiny project for the current code and parameters: built once, reused after."""
-    entry = PROJECT_CACHE / build_key(TINY_PARAMS)
-    if not (entry / "complete").is_file():
-        shutil.rmtree(PROJECT_CACHE, ignore_errors=True)  # one entry: older ones are stale
-        build_tiny_project(entry / "project")
-        (entry / "complete").write_text("built by tests/conftest.py\n")
-    return entry / "project"
-
-
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
     """A private copy of the built tiny project (tests may change their copy)."""
-    root = tmp_path_factory.mktemp("tiny") / "project"
-    shutil.copytree(cached_tiny_project(), root, symlinks=True)
-    return root
+    return copy_project(builds.tiny_project(), tmp_path_factory.mktemp("tiny") / "project")
+
+
+@pytest.fixture(scope="session")
+def shuffled_control() -> Path:
+    """A model trained like the tiny one on its files with shuffled labels (tests/builds.py)."""
+    return builds.shuffled_control() / "artifacts/model.onnx"
+
+
+@pytest.fixture(scope="session")
+def grown_project(tmp_path_factory) -> Path:
+    """A private copy of the tiny project with a class added and version 2 published from a
+    warm start (tests/builds.py)."""
+    return copy_project(builds.grown_project(), tmp_path_factory.mktemp("grown") / "project")
 
 
 @pytest.fixture(scope="session")

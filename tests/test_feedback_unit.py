@@ -52,6 +52,7 @@ def _answered(client, store_dir: Path, *bodies: bytes) -> str:
     assert response.status_code == 200, response.get_json()
     request_id = response.get_json()["request_id"]
     _wait(lambda: list((store_dir / "requests").glob("*.json")) and _find(store_dir, request_id))
+    _wait(client.application.extensions["capture"].idle)  # the cap applied after the write
     return request_id
 
 

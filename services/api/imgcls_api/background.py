@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 class Background:
     def __init__(self, limit: int, name: str, disk: bool = False) -> None:
         self._slots = threading.BoundedSemaphore(max(limit, 1))
+        self._running = 0  # submitted and not finished
         self._name, self._disk = name, disk
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -32,6 +33,8 @@ class Background:
         """Run ``fn`` in the background; False (and nothing run) when ``limit`` are running."""
         if not self._slots.acquire(blocking=False):
             return False
+        with self._lock:
+            self._running += 1
 
         work = fn
         if gevent_active() and self._disk:
@@ -48,6 +51,8 @@ class Background:
             except Exception:  # background work must never take a worker down
                 log.exception("%s failed", self._name)
             finally:
+                with self._lock:
+                    self._running -= 1
                 self._slots.release()
 
         if gevent_active():
@@ -57,6 +62,11 @@ class Background:
         else:
             self._executor().submit(run)
         return True
+
+    def idle(self) -> bool:
+        """Nothing submitted is still running (a caller that must see every write done)."""
+        with self._lock:
+            return self._running == 0
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:

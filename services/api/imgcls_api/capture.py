@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -47,6 +46,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client import Counter
 
+from imgcls.locks import exclusive
 from imgcls.preprocessing import pixels_sha256
 
 from .background import Background
@@ -128,6 +128,10 @@ class CaptureStore:
         sampled = random.random() < self.rate
         if not self._background.submit(lambda: self._write_answer(answer, sampled)):
             CAPTURE_FAILURES.labels("busy").inc()
+
+    def idle(self) -> bool:
+        """Every answer handed to ``capture`` is written (and the cap applied)."""
+        return self._background.idle()
 
     def _write_answer(self, answer: Answer, sampled: bool) -> None:
         key = request_key(answer.request_id)
@@ -212,12 +216,8 @@ class CaptureStore:
 
     @contextlib.contextmanager
     def _exclusive(self):
-        with open(self.root / ".lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive(self.root / ".lock"):
+            yield
 
     def _clear_tmp(self) -> None:
         """Files a crash left half-written (those of running writers are younger)."""

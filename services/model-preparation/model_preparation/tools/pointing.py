@@ -3,7 +3,7 @@ where each shape is (``demo_data.boxes``).
 
     python -m model_preparation.tools.pointing [--model model_repository/resnet50v2/1/model.onnx]
                                                [--limit 600] [--out artifacts/reports/explain.json]
-                                               [--label-shuffled]
+                                               [--label-shuffled | --label-shuffled-model ONNX]
 
 For each held-out image (prepare's own split) the occlusion map (``imgcls.explain``, the very
 computation ``POST /explain`` makes through Triton) of the predicted class is scored: the
@@ -52,7 +52,7 @@ def held_out(raw: Path, params: PrepareParams) -> list[Path]:
     classes, files = discover(raw)
     samples = [Sample(path, label) for label, c in enumerate(classes) for path in files[c]
                if _readable(path)]  # fmt: skip
-    return [s.path for s in split(samples, params.val_fraction, params.seed)[1]]
+    return [s.path for s in split(samples, params)["val"]]
 
 
 def _readable(path: Path) -> bool:
@@ -124,7 +124,9 @@ def label_shuffled(raw: Path, work: Path, seed: int = 0) -> Path:
     return work / ONNX_MODEL
 
 
-def evaluate(model: Path, raw: Path, limit: int, shuffled: bool = False) -> dict:
+def evaluate(
+    model: Path, raw: Path, limit: int, shuffled: bool = False, shuffled_model: Path | None = None
+) -> dict:
     demo = load_settings(DemoParams, "demo")
     prep = load_settings(PrepareParams, "prepare")
     known = boxes(list(demo.classes), demo.images_per_class, demo.seed, demo.min_side,
@@ -142,7 +144,9 @@ def evaluate(model: Path, raw: Path, limit: int, shuffled: bool = False) -> dict
               "served": score(model, images, boxes_px, prep.image_size), "controls": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         controls = {"random_weights": randomized(model, Path(tmp) / "random.onnx")}
-        if shuffled:
+        if shuffled_model is not None:
+            controls["label_shuffled"] = shuffled_model
+        elif shuffled:
             controls["label_shuffled"] = label_shuffled(raw, Path(tmp) / "shuffled")
         for name, control in controls.items():
             result["controls"][name] = score(control, images, boxes_px, prep.image_size)
@@ -156,8 +160,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPORTS / "explain.json")
     parser.add_argument("--label-shuffled", action="store_true",
                         help="also train and score a label-shuffled control (minutes)")  # fmt: skip
+    parser.add_argument("--label-shuffled-model", type=Path, default=None, metavar="ONNX",
+                        help="score this label-shuffled control (trained before, e.g. by "
+                        "label_shuffled()) instead of training one")  # fmt: skip
     args = parser.parse_args()
-    result = evaluate(args.model, RAW_DATA, args.limit, shuffled=args.label_shuffled)
+    if args.label_shuffled_model is not None and not args.label_shuffled_model.is_file():
+        raise PipelineError(f"--label-shuffled-model: no file at {args.label_shuffled_model}")
+    result = evaluate(args.model, RAW_DATA, args.limit, shuffled=args.label_shuffled,
+                      shuffled_model=args.label_shuffled_model)  # fmt: skip
     write_json(args.out, result)
     s = result["served"]
     print(f"pointing game on {s['images']} held-out demo images: {s['pointing']:.3f} "

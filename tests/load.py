@@ -1,0 +1,66 @@
+"""Closed-loop clients for the tests that change the served model under load: every answer is
+kept (when it was sent, its status, which image, its body) for the test to check."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import requests
+
+
+@dataclass
+class Answer:
+    sent: float
+    done: float
+    status: int
+    image: int
+    body: dict = field(default_factory=dict)
+    retry_after: str | None = None
+
+
+class Load:
+    """16 closed-loop clients posting the given images until stopped (at most ``limit`` s)."""
+
+    def __init__(self, url: str, payloads: list[bytes], clients: int = 16, limit: float = 240):
+        self.url, self.payloads, self.limit = url, payloads, limit
+        self.answers: list[Answer] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+
+    def _client(self, worker: int) -> None:
+        deadline, i = time.monotonic() + self.limit, worker
+        with requests.Session() as http:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                k = i % len(self.payloads)
+                sent = time.monotonic()
+                try:
+                    resp = http.post(self.url, files={"image": self.payloads[k]}, timeout=30)
+                    body, status = resp.json(), resp.status_code
+                    retry = resp.headers.get("Retry-After")
+                except (requests.RequestException, ValueError):
+                    body, status, retry = {}, -1, None
+                self.answers.append(Answer(sent, time.monotonic(), status, k, body, retry))
+                i += 1
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+
+    def versions_since(self, t: float) -> Counter:
+        return Counter(a.body.get("model", {}).get("version") for a in self.answers if a.sent > t)
+
+    def wait_for(self, predicate, timeout: float = 60, what: str = "") -> float:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.2)
+        return time.monotonic()
