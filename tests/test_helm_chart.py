@@ -60,7 +60,7 @@ def test_the_validator_rejects_what_kubernetes_would(default):
 def test_default_objects(default):
     kinds = set(_by_kind(default))
     assert {("Deployment", "api"), ("Deployment", "triton"), ("Service", "api"),
-            ("Service", "triton"), ("PodDisruptionBudget", "api"),
+            ("Service", "api-replicas"), ("Service", "triton"), ("PodDisruptionBudget", "api"),
             ("PodDisruptionBudget", "triton"), ("HorizontalPodAutoscaler", "api"),
             ("PersistentVolumeClaim", "models")} == kinds  # fmt: skip
     assert _by_kind(default)[("Service", "triton")]["spec"]["type"] == "ClusterIP"
@@ -163,6 +163,44 @@ def test_a_canary_share_is_a_value_applied_by_a_hook_job():
     )
     args = next(m for m in promote if m["kind"] == "Job")["spec"]["template"]["spec"]
     assert args["containers"][0]["args"][1:] == ["lifecycle", "promote", "--force"]
+
+
+def test_a_rollout_job_pulls_the_gate_set_and_reads_every_api_replica():
+    rendered = chartcheck.render(sets=[*LIFECYCLE, "lifecycle.action=rollout",
+                                       "modelRepository.dvcPull.credentialsSecret=dvc-remote"])  # fmt: skip
+    chartcheck.validate(rendered)
+    job = next(m for m in rendered if m["kind"] == "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["args"][1:] == ["lifecycle", "rollout"]
+    assert "dvc pull --quiet artifacts/gate.npz" in container["args"][0]
+    assert "--gate-set artifacts/gate.npz" in container["args"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NEEDS_GATE_SET"] == "1" and env["API_URL"] == "http://test-imgcls-api-replicas:5000"
+    assert container["envFrom"] == [{"secretRef": {"name": "dvc-remote"}}]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600  # steps are held (params.yaml rollout)
+    replicas = next(m for m in rendered if m["kind"] == "Service"
+                    and m["metadata"]["name"] == "test-imgcls-api-replicas")  # fmt: skip
+    api = next(m for m in rendered if m["kind"] == "Service"
+               and m["metadata"]["name"] == "test-imgcls-api")  # fmt: skip
+    assert replicas["spec"]["clusterIP"] == "None"  # a headless Service: one address per pod
+    assert replicas["spec"]["selector"] == api["spec"]["selector"]
+
+
+def test_a_rerun_of_the_last_action_is_a_no_op_and_a_rollback_runs_once_per_run_id():
+    """--reuse-values runs the Job again on every upgrade: rollout, promote, canary and shadow
+    are no-ops when done already (tested in test_lifecycle_unit); a rollback carries a key."""
+
+    def args(*sets: str) -> list[str]:
+        rendered = chartcheck.render(sets=[*LIFECYCLE, *sets])
+        return next(m for m in rendered if m["kind"] == "Job")["spec"]["template"]["spec"][
+            "containers"][0]["args"][1:]  # fmt: skip
+
+    first = args("lifecycle.action=rollback")
+    assert first[1].startswith("--once=rollback-") and first[2:] == ["rollback"]
+    assert args("lifecycle.action=rollback") == first
+    assert args("lifecycle.action=rollback", "lifecycle.runId=2026-12-04")[1] != first[1]
+    promote = args("lifecycle.action=promote")
+    assert not any(a.startswith("--once") for a in promote)
 
 
 @pytest.mark.parametrize(

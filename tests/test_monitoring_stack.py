@@ -21,6 +21,7 @@ import requests
 import yaml
 
 from local_stack.procs import ManagedProcess, free_port
+from tests import stacks
 from tests.conftest import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -77,10 +78,23 @@ class Prometheus(ManagedProcess):
 
 
 @pytest.fixture()
-def prometheus(captured_api, triton, tmp_path):
-    """The real Prometheus server scraping the capture-enabled API and Triton."""
-    config = _config_for(captured_api.url.removeprefix("http://"),
-                         triton.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+def shadowed(model_repository, tiny_project, tmp_path):
+    """A private Triton + capture-enabled API whose model has a shadow candidate: the roll-out
+    panels' series (traffic by role, the guards, live agreement) exist."""
+    source = tmp_path / "source"
+    shutil.copytree(model_repository, source)
+    stacks.shadow_copy(source)
+    env = {"CAPTURE_DIR": str(tmp_path / "capture"), "CAPTURE_RATE": "1"}
+    with stacks.stack(source, tiny_project / "artifacts/gate.npz", tmp_path / "stack", {},
+                      api_env=env) as running:  # fmt: skip
+        yield running
+
+
+@pytest.fixture()
+def prometheus(shadowed, tmp_path):
+    """The real Prometheus server scraping that API and Triton."""
+    config = _config_for(shadowed.api.url.removeprefix("http://"),
+                         shadowed.triton.metrics_url.removeprefix("http://").removesuffix("/metrics"),
                          tmp_path / "prometheus.yml")  # fmt: skip
     with Prometheus(tmp_path) as server:
         yield server.start(config).url
@@ -109,10 +123,10 @@ def _traffic(api, tiny_project: Path) -> None:
         time.sleep(0.1)
 
 
-def test_every_dashboard_panel_query_returns_data(prometheus, captured_api, tiny_project):
-    _traffic(captured_api, tiny_project)
+def test_every_dashboard_panel_query_returns_data(prometheus, shadowed, tiny_project):
+    _traffic(shadowed.api, tiny_project)
     time.sleep(2)  # a scrape after the traffic
-    _traffic(captured_api, tiny_project)  # rates need two samples that differ
+    _traffic(shadowed.api, tiny_project)  # rates need two samples that differ
     empty: dict[str, str] = {}
     deadline = time.monotonic() + 30
     while True:

@@ -59,6 +59,22 @@ COMPARISONS = Counter(
     "(different top-1 label), new_label (the candidate's top-1 is a class the serving one lacks)",
     ["model", "serving", "candidate", "outcome"],
 )
+MODEL_ERRORS = Counter(
+    "api_model_errors_total",
+    "Calls to a model version that failed (role as api_model_requests_total); kind: timeout "
+    "(504), unavailable (503) or error (any other refusal)",
+    [*_MODEL, "kind"],
+)
+MODEL_IMAGES = Counter(
+    "api_model_images_total",
+    "Images a model version answered with a drift score, in any role (shadow included)",
+    _MODEL,
+)
+MODEL_UNFAMILIAR = Counter(
+    "api_model_unfamiliar_total",
+    "Of api_model_images_total, those above the version's drift threshold",
+    _MODEL,
+)
 MIRROR_SKIPPED = Counter(
     "api_mirror_skipped_total",
     "Comparison calls not made: busy (too many in flight) or failed",

@@ -53,8 +53,11 @@ from .errors import ApiError
 from .observability import (
     COMPARISONS,
     MIRROR_SKIPPED,
+    MODEL_ERRORS,
+    MODEL_IMAGES,
     MODEL_LATENCY,
     MODEL_REQUESTS,
+    MODEL_UNFAMILIAR,
     TRITON_LATENCY,
 )
 from .settings import Settings
@@ -320,17 +323,21 @@ class TritonGateway:
         goes to one version. ``compare=False``: not a user's images (an explanation's masked
         copies), so never sent to a shadow candidate nor counted in its agreement."""
         route = self.route(model)
-        for attempt in range(2):
+        for attempt in range(len(_REROUTE_WAITS) + 1):
             info, role = self._choose(route)
             started = time.perf_counter()
             try:
                 outputs, info = self._submit(info, images)
             except VersionGone:
-                if attempt:
+                if attempt == len(_REROUTE_WAITS):
                     raise
+                time.sleep(_REROUTE_WAITS[attempt])  # gevent's, under gevent
                 route = self.route(model, newer_than=route.fetched_at)
                 continue
-            _observe(info, role, started)
+            except ApiError as exc:
+                _observe_error(info, role, exc)
+                raise
+            _observe(info, role, started, outputs)
             if compare:
                 self._compare(route, role, images, outputs.probabilities, info)
             return outputs, info
@@ -409,10 +416,12 @@ class TritonGateway:
             try:
                 other_outputs, answered = self._submit(other, images)
                 other_probs = other_outputs.probabilities
-            except ApiError:
+            except ApiError as exc:
                 MIRROR_SKIPPED.labels(info.name, "failed").inc()
+                if not isinstance(exc, VersionGone):
+                    _observe_error(other, other_role, exc)
                 return
-            _observe(answered, other_role, started)
+            _observe(answered, other_role, started, other_outputs)
             pairs = [(info, probs), (answered, other_probs)]
             (s_info, s_probs), (c_info, c_probs) = pairs if role == "serving" else pairs[::-1]
             outcomes = compare_top1(s_info.labels, c_info.labels, s_probs, c_probs)
@@ -447,9 +456,19 @@ def _status(exc: InferenceServerException) -> int | None:
         return None
 
 
-def _observe(info: ModelInfo, role: str, started: float) -> None:
+def _observe(info: ModelInfo, role: str, started: float, outputs: Outputs) -> None:
+    """A version's answer, in whatever role: what the roll-out's live guards read."""
     MODEL_REQUESTS.labels(info.name, info.version, role).inc()
     MODEL_LATENCY.labels(info.name, info.version, role).observe(time.perf_counter() - started)
+    if outputs.drift is not None and info.drift_threshold is not None:
+        MODEL_IMAGES.labels(info.name, info.version, role).inc(len(outputs.drift))
+        unfamiliar = int((outputs.drift > info.drift_threshold).sum())
+        MODEL_UNFAMILIAR.labels(info.name, info.version, role).inc(unfamiliar)
+
+
+def _observe_error(info: ModelInfo, role: str, exc: ApiError) -> None:
+    kind = {504: "timeout", 503: "unavailable"}.get(exc.status, "error")
+    MODEL_ERRORS.labels(info.name, info.version, role, kind).inc()
 
 
 def _info_from_config(
@@ -483,5 +502,9 @@ def _info_from_config(
     )
 
 
+# A version that is not ready (just unloaded, or swapped while Triton reloads its config): route
+# again at once, then after these pauses; a reload on a busy machine can take a moment, and a
+# user should not see it (≤ 0.75 s in all, then the 503 is real).
+_REROUTE_WAITS = (0.0, 0.05, 0.2, 0.5)
 _SHARED_CONNECTIONS = 16  # per gevent worker: calls in flight at once (batching keeps it few)
 _NP_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16}

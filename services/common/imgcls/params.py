@@ -21,7 +21,24 @@ T = TypeVar("T")
 
 
 class UserError(RuntimeError):
-    """A problem the user must fix (bad data, bad params, a bad command): one line, exit 2."""
+    """A problem the user must fix (bad data, bad params, a bad command): one line, exit 2.
+
+    The project's exit codes (every command): 0 done, 2 bad input or usage, and for decisions
+    (``imgcls.lifecycle``): 3 refused or rolled back, 4 inconclusive (too little evidence)."""
+
+    exit_code = 2
+
+
+class Refused(UserError):
+    """A decision said no (a gate, a guard): nothing unsafe was done. Exit 3."""
+
+    exit_code = 3
+
+
+class Inconclusive(UserError):
+    """Too little evidence to decide either way; left as it was, with the reason. Exit 4."""
+
+    exit_code = 4
 
 
 def load_params(section: str, path: Path = PARAMS_FILE) -> dict[str, Any]:
@@ -86,9 +103,11 @@ def _typed(value: Any, kind: Any, where: str) -> Any:
 
 
 def run_cli(main: Callable[[], Any]) -> None:
-    """Run a command; user errors become one clear line and exit status 2."""
+    """Run a command; user errors become one clear line and their exit status (2, or a
+    decision's 3 and 4)."""
     try:
         main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        kind = {3: "refused", 4: "inconclusive"}.get(exc.exit_code, "error")
+        print(f"{kind}: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -10,6 +10,8 @@ API shares traffic between them.
         <N>/model.onnx    version N: built under a hidden name and renamed in whole, never rewritten
         <N>/labels.txt    its class names, one a line (Triton's classification extension)
         <N>/version.json  its labels, tensors, held-out accuracy, checksum, publication time
+        <N>/model.keras   (FP32 models) its Keras model, where training may start from
+        <N>/gate.json     the labelled gate's last report on it (imgcls.lifecycle.gate)
 
 Why the state lives in config.pbtxt: Triton runs in EXPLICIT model-control mode and reads the
 file only when told to load; it then serves the config it loaded to anyone who asks
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -36,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from .contract import DRIFT_NAME
+from .locks import exclusive
 from .params import UserError
 
 MODES = ("canary", "shadow")
 PREFIX = "imgcls."  # our keys in the config's ``parameters``
 MODEL_FILE = "model.onnx"
+KERAS_FILE = "model.keras"  # an FP32 version's Keras model: train.init serving starts from it
 _STAGING = ".staging-"
 _TRASH = ".trash-"
 
@@ -468,22 +471,20 @@ class ModelDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """One writer at a time (publish and lifecycle commands, any process)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with exclusive(self.path / ".lock"):
+            yield
 
     def next_number(self) -> int:
         numbers = [int(p.name) for p in self.path.iterdir() if p.name.isdigit()]
         return max(numbers, default=0) + 1
 
-    def add_version(self, model: Path, meta: Version) -> Version:
-        """Stage ``model`` + labels + version.json under a hidden name, then rename it into
-        place as ``<N>/`` (one atomic step: Triton never sees a partial version). Returns the
-        version as written (its number is the next free one). The caller holds the lock."""
+    def add_version(
+        self, model: Path, meta: Version, extras: Mapping[str, Path] | None = None
+    ) -> Version:
+        """Stage ``model`` + labels + version.json (+ ``extras``: name → file, kept beside it)
+        under a hidden name, then rename it into place as ``<N>/`` (one atomic step: Triton
+        never sees a partial version). Returns the version as written (its number is the next
+        free one). The caller holds the lock."""
         self.clear_leftovers()
         number = self.next_number()
         meta = dataclasses.replace(meta, number=number, published_at=now_iso())
@@ -496,7 +497,9 @@ class ModelDir:
             )
             (staging / "labels.txt").write_text("".join(f"{x}\n" for x in meta.labels), "utf-8")
             (staging / "version.json").write_text(json.dumps(meta.to_json(), indent=2) + "\n")
-            for name in (MODEL_FILE, "labels.txt", "version.json"):
+            for name, path in (extras or {}).items():
+                shutil.copyfile(path, staging / name)
+            for name in (MODEL_FILE, "labels.txt", "version.json", *(extras or {})):
                 with open(staging / name, "rb") as fh:
                     os.fsync(fh.fileno())
             _fsync_dir(staging)

@@ -1,13 +1,18 @@
-"""Stage ``prepare``: data/raw/<class>/* → validated, letterboxed PNGs in sharded TFRecords.
+"""Stage ``prepare``: data/raw/<class>/* → validated, letterboxed PNGs in sharded TFRecords, and
+the gate set.
 
 Every file goes through :func:`imgcls.preprocessing.load_image`, the same function the API uses.
 Unreadable files are skipped and counted in the data report; data that cannot train a classifier
 (no images, one class, an empty class) stops the stage with a clear error.
 
+Each file's **content** decides its split (``imgcls.gateset.split_of``): training, validation
+(which picks the checkpoint) or the gate set (which judges a candidate against the serving
+version, and which no stage trains or checkpoints on). Adding data never moves an image from one
+side to another; users' corrections go to the gate set at ``feedback_gate_fraction``.
+
 Memory does not grow with the dataset: a process pool (every core) decodes and encodes the files
-and spools each PNG to disk next to the output; the split is then taken from the list of
-readable files, and the shards are written by streaming the spooled PNGs. The TFRecords are the
-same bytes whatever the number of workers.
+and spools each PNG to disk next to the output; the shards are then written by streaming the
+spooled PNGs. The TFRecords are the same bytes whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgcls.gateset import GateSet, file_digest, is_feedback, split_of
 from imgcls.preprocessing import ImageError, load_image
 
 from .common import (
     DATA_REPORT,
+    GATE_SET,
     PREPARED,
     RAW_DATA,
     PipelineError,
@@ -43,9 +50,23 @@ class PrepareParams:
     """params.yaml ``prepare``."""
 
     image_size: int  # letterbox target (square)
-    val_fraction: float
-    seed: int
+    val_fraction: float  # share of the images that validate (and pick the checkpoint)
+    gate_fraction: float  # share that only ever judges candidates (the gate set)
+    feedback_gate_fraction: float  # the gate's share of users' corrections (fb-* files)
     shard_size: int  # examples per TFRecord shard
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "gate_fraction", "feedback_gate_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise PipelineError(f"prepare.{name} must be within 0–1 (1 excluded)")
+        for name in ("gate_fraction", "feedback_gate_fraction"):
+            if getattr(self, name) + self.val_fraction >= 1:
+                raise PipelineError(f"prepare.val_fraction + prepare.{name} must stay below 1: "
+                                    "nothing would be left to train on")  # fmt: skip
+
+    def split_of(self, path: Path, digest: str) -> str:
+        gate = self.feedback_gate_fraction if is_feedback(path) else self.gate_fraction
+        return split_of(digest, gate, self.val_fraction)
 
 
 @dataclass(frozen=True)
@@ -53,6 +74,7 @@ class Sample:
     path: Path
     label: int
     png: Path | None = None  # the spooled, letterboxed PNG
+    digest: str = ""  # SHA-256 of the file: decides its split
 
 
 def discover(raw_dir: Path) -> tuple[list[str], dict[str, list[Path]]]:
@@ -74,19 +96,12 @@ def discover(raw_dir: Path) -> tuple[list[str], dict[str, list[Path]]]:
     return classes, files
 
 
-def split(
-    samples: list[Sample], val_fraction: float, seed: int
-) -> tuple[list[Sample], list[Sample]]:
-    """Stratified split: each class contributes ``val_fraction`` of its images (at least one)."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in sorted({s.label for s in samples}):
-        group = [s for s in samples if s.label == label]
-        order = rng.permutation(len(group))
-        n_val = max(1, round(val_fraction * len(group))) if len(group) > 1 else 0
-        val += [group[i] for i in order[:n_val]]
-        train += [group[i] for i in order[n_val:]]
-    return train, val
+def split(samples: list[Sample], params: PrepareParams) -> dict[str, list[Sample]]:
+    """Each sample's split from its content (``PrepareParams.split_of``), in input order."""
+    parts: dict[str, list[Sample]] = {"train": [], "val": [], "gate": []}
+    for s in samples:
+        parts[params.split_of(s.path, s.digest or file_digest(s.path))].append(s)
+    return parts
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -95,15 +110,17 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _encode(job: tuple[int, Path, int, Path]) -> tuple[int, str | None, str | None]:
-    """Worker: letterbox one file and spool its PNG; returns (index, error code, detail)."""
+def _encode(job: tuple[int, Path, int, Path]) -> tuple[int, str, str | None, str | None]:
+    """Worker: letterbox one file and spool its PNG; returns (index, digest, error code,
+    detail)."""
     index, path, size, spool = job
+    digest = file_digest(path)
     try:
         png = _png(load_image(path, size))
     except ImageError as exc:
-        return index, exc.code, exc.message
+        return index, digest, exc.code, exc.message
     (spool / f"{index:09d}.png").write_bytes(png)
-    return index, None, None
+    return index, digest, None, None
 
 
 def encode_all(
@@ -115,10 +132,10 @@ def encode_all(
     samples, failed = [], []
     context = multiprocessing.get_context("fork")  # before TensorFlow is imported
     with context.Pool(max(1, workers)) as pool:
-        for index, code, detail in pool.imap(_encode, tasks, chunksize=8):
+        for index, digest, code, detail in pool.imap(_encode, tasks, chunksize=8):
             path, label = jobs[index]
             if code is None:
-                samples.append(Sample(path, label, spool / f"{index:09d}.png"))
+                samples.append(Sample(path, label, spool / f"{index:09d}.png", digest))
             else:
                 failed.append((Sample(path, label), code, detail))
     return samples, failed
@@ -149,12 +166,23 @@ def write_shards(name: str, samples: list[Sample], out_dir: Path, shard_size: in
     return n_shards
 
 
+def gate_set(samples: list[Sample], classes: list[str], raw_dir: Path, size: int) -> GateSet:
+    """The gate split's spooled pixels, with their class names and digests."""
+    if not samples:
+        return GateSet.empty(size)
+    images = np.stack([np.asarray(Image.open(s.png).convert("RGB")) for s in samples])
+    return GateSet(images, tuple(classes[s.label] for s in samples),
+                   tuple(s.digest for s in samples),
+                   tuple(s.path.relative_to(raw_dir).as_posix() for s in samples))  # fmt: skip
+
+
 def prepare(
     raw_dir: Path,
     out_dir: Path,
     report_path: Path,
     params: PrepareParams,
     workers: int | None = None,
+    gate_path: Path | None = None,
 ) -> dict:
     """``workers`` processes decode and encode (default: every core this process may use)."""
     classes, files = discover(raw_dir)
@@ -172,25 +200,30 @@ def prepare(
         unusable = [c for c in classes if valid[c] == 0]
         if unusable:
             raise PipelineError(f"no readable image in class folder(s): {', '.join(unusable)}")
-        train, val = split(samples, params.val_fraction, params.seed)
+        parts = split(samples, params)
+        train, val = parts["train"], parts["val"]
+        untrained = sorted(set(classes) - {classes[s.label] for s in train})
+        if untrained or not val:
+            raise PipelineError(f"{len(samples)} readable images leave {len(val)} to validate "
+                                f"and none to train class(es) {', '.join(untrained) or '–'} "
+                                "on (the split goes by content): add images")  # fmt: skip
         for old in out_dir.glob("*.tfrecord"):
             old.unlink()
         for name, part in (("train", train), ("val", val)):
             write_shards(name, part, out_dir, params.shard_size)
+        if gate_path is not None:
+            gate_set(parts["gate"], classes, raw_dir, params.image_size).save(gate_path)
     (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
-    counts = {
-        c: {
-            "train": sum(classes[s.label] == c for s in train),
-            "val": sum(classes[s.label] == c for s in val),
-        }
-        for c in classes
-    }
+    counts = {c: {name: sum(classes[s.label] == c for s in part) for name, part in parts.items()}
+              for c in classes}  # fmt: skip
     Prepared(params.image_size, tuple(classes), len(train), len(val)).write(out_dir)
     report = {
         "num_classes": len(classes),
         "num_images": len(samples),
         "num_train": len(train),
         "num_val": len(val),
+        "num_gate": len(parts["gate"]),
+        "split": "content-hash",
         "num_skipped": len(skipped),
         "per_class": counts,
         "skipped": skipped,
@@ -200,10 +233,12 @@ def prepare(
 
 
 def main() -> None:
-    report = prepare(RAW_DATA, PREPARED, DATA_REPORT, load_settings(PrepareParams, "prepare"))
+    params = load_settings(PrepareParams, "prepare")
+    report = prepare(RAW_DATA, PREPARED, DATA_REPORT, params, gate_path=GATE_SET)
     print(
         f"prepare: {report['num_classes']} classes, {report['num_train']} train / "
-        f"{report['num_val']} val images, {report['num_skipped']} skipped (see {DATA_REPORT})"
+        f"{report['num_val']} val / {report['num_gate']} gate images, {report['num_skipped']} "
+        f"skipped (see {DATA_REPORT})"
     )
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")

@@ -25,18 +25,20 @@ import numpy as np
 import onnx
 
 from imgcls.contract import bf16_name, int8_name
-from imgcls.repository import Lifecycle, ModelDir, Serving, Tensor, Version, md5sum
+from imgcls.repository import KERAS_FILE, Lifecycle, ModelDir, Serving, Tensor, Version, md5sum
 
 from .common import (
     BF16_REPORT,
     INT8_MODEL,
     INT8_REPORT,
+    KERAS_MODEL,
     LABELS_FILE,
     METRICS_REPORT,
     MODEL_REPOSITORY,
     ONNX_MODEL,
     PUBLISH_REPORT,
     REFERENCE,
+    TRAIN_INIT,
     PipelineError,
     load_settings,
     read_json,
@@ -135,8 +137,12 @@ def publish_model(
     accuracy: float | None = None,
     precision: str = "",
     reference: Reference | None = None,
+    keras: Path | None = None,
+    init: dict | None = None,
 ) -> dict:
-    """Add ``model`` as the next version of ``name`` (or reuse one on disk that is the same)."""
+    """Add ``model`` as the next version of ``name`` (or reuse one on disk that is the same);
+    ``keras``: its Keras model, kept beside it for ``train.init: serving``; ``init``: what its
+    training started from."""
     inp, out = _signature(model)
     if out.dims != [len(labels)]:
         raise PipelineError(
@@ -151,6 +157,8 @@ def publish_model(
         source = {"artifact": str(model), "md5": md5sum(model)}
         if reference is not None:
             source["reference_md5"] = reference.md5
+        if init is not None:
+            source["init"] = init
         same = [
             v
             for v in map(target.version, target.versions() if state else [])
@@ -164,7 +172,8 @@ def publish_model(
                 served_onnx(model, labels, served, reference)
                 meta = Version(0, tuple(labels), serving.input, serving.output, "", 0, accuracy,
                                source=source, drift_threshold=reference and reference.threshold)  # fmt: skip
-                version, added = target.add_version(served, meta), True
+                extras = {KERAS_FILE: keras} if keras is not None else None
+                version, added = target.add_version(served, meta, extras), True
         target.write_serving(serving)
         first = state is None
         state = state or Lifecycle(serving=version.number)
@@ -198,9 +207,10 @@ def publish(
     ``accuracy``: held-out accuracy by variant (``fp32``, ``int8``, ``bf16``)."""
     name, acc = params.model_name, accuracy or {}
     labels = read_labels(labels_file)
-    receipt = publish_model(
-        name, model, labels, repository, params, acc.get("fp32"), reference=reference
-    )
+    keras = KERAS_MODEL if KERAS_MODEL.is_file() else None
+    init = read_json(TRAIN_INIT) if TRAIN_INIT.is_file() else None
+    receipt = publish_model(name, model, labels, repository, params, acc.get("fp32"),
+                            reference=reference, keras=keras, init=init)  # fmt: skip
     if int8_model is not None:
         receipt["int8"] = publish_model(int8_name(name), int8_model, labels, repository, params,
                                         acc.get("int8"), reference=reference)  # fmt: skip

@@ -50,6 +50,7 @@ import tensorflow as tf  # noqa: E402
 
 from .loop import Run, fit  # noqa: E402
 from .network import build_model, make_optimizer  # noqa: E402
+from .warmstart import parse_init, record, serving_source, warm_start  # noqa: E402
 
 CACHES = ("none", "file", "memory")
 POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # train.mixed_precision
@@ -79,6 +80,7 @@ class TrainParams:
     cache: str
     mixed_precision: str  # auto, or a Keras policy: float32 | mixed_bfloat16 | mixed_float16
     augment: AugmentParams
+    init: str  # scratch | serving | serving:<model>: the weights training starts from
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -95,6 +97,7 @@ class TrainParams:
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             if getattr(self, name) < 1:
                 raise PipelineError(f"train.{name} must be at least 1")
+        parse_init(self.init)
 
 
 def precision_policy(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
@@ -170,11 +173,15 @@ def train(
         live_dir if chief else None,
         on_epoch,
     )
+    kind, init_model = parse_init(params.init)
+    source = serving_source(init_model) if kind == "serving" else None
     keras.utils.set_random_seed(params.seed)
     keras.mixed_precision.set_global_policy(policy)
     try:
         with strategy.scope():
             model = build_model(size, len(labels), params.bn_momentum)
+            if source is not None:
+                print(f"train: starting from {warm_start(model, source, labels)}", flush=True)
             optimizer = make_optimizer(params, policy)
         history, best = fit(model, optimizer, run)
     finally:
@@ -185,6 +192,7 @@ def train(
         final.set_weights(best)
         out.parent.mkdir(parents=True, exist_ok=True)
         final.save(out)
+        record(source)
         print(f"train: best model (lowest val_loss) saved to {out}")
     return history
 

@@ -1,103 +1,35 @@
-"""Change the served model safely, one command each (``make canary``, ``make promote``…):
+"""The lifecycle's commands over one model repository and one Triton: status, canary, shadow,
+promote, rollback, gate (``rollout.py`` drives them in order by itself).
 
-    python -m imgcls.lifecycle status                    versions, what serves, live agreement
-    python -m imgcls.lifecycle canary  [N] [--percent P] P % of requests answered by version N
-    python -m imgcls.lifecycle shadow  [N] [--percent P] P % also sent to N; users get the
-                                                         serving version's answer
-    python -m imgcls.lifecycle promote [N] [--force]     N (default: the candidate) serves all
-                                                         traffic, if it passes the gate
-    python -m imgcls.lifecycle rollback [--to N]         drop the candidate; without one, serve
-                                                         the version that served before
-
-N defaults to the newest version on disk. Each command applies to every model of the repository
-(the FP32 model and its INT8 sibling are published together; ``--model`` picks one), under the
-model's lock: it renders config.pbtxt for the new state, replaces it in one rename and asks
-Triton (EXPLICIT mode, admin key) to load it. Triton loads and warms up the new versions and swaps
-them in only once they are ready, so no request meets a half-loaded model; if a load fails, the
-old config goes back and is loaded again, and the command fails with Triton's reason. Settings:
-params.yaml ``lifecycle``.
+Each command applies to every model of the repository (the FP32 model and its INT8 and BF16
+siblings are published together; ``--model`` picks some), under the model's lock: it renders
+config.pbtxt for the new state, replaces it in one rename and asks Triton (EXPLICIT mode, admin
+key) to load it. Triton loads and warms up the new versions and swaps them in only once they are
+ready, so no request meets a half-loaded model; if a load fails, the old config goes back and is
+loaded again, and the command fails with Triton's reason. Every change and decision is one line
+of the model's ``history.jsonl`` (versioned with the repository by ``model.dvc``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import subprocess
-import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-from .contract import LOCAL_ADMIN_KEY_FILE, MODEL_REPOSITORY
-from .dvc import available as dvc_available
-from .dvc import dvc
-from .params import UserError, load_settings, run_cli
-from .repository import MODES, Lifecycle, ModelDir, RepositoryError, model_dirs
-from .triton_control import ControlError, TritonControl, admin_key
+from ..contract import MODEL_REPOSITORY
+from ..dvc import available as dvc_available
+from ..dvc import dvc
+from ..gateset import GateSet
+from ..params import Refused, UserError, load_settings
+from ..repository import Lifecycle, ModelDir, RepositoryError, model_dirs
+from ..triton_control import ControlError, TritonControl
+from . import live
+from .gate import Decision, last_report, run_gate
+from .params import LifecycleParams
 
-COMPARISONS = "api_candidate_comparisons_total"
-
-
-@dataclass(frozen=True)
-class LifecycleParams:
-    """params.yaml ``lifecycle``: the promotion gate and the defaults of canary and shadow."""
-
-    on_publish: str  # what `make model` does with a new version: shadow | canary | none
-    canary_percent: float
-    shadow_percent: float
-    min_accuracy: float  # the candidate's held-out accuracy (version.json)…
-    max_accuracy_drop: float  # …and no more than this below the serving version's
-    min_agreement: float  # live top-1 agreement with the serving version (API metrics)…
-    min_comparisons: int  # …over at least this many compared answers
-
-    def __post_init__(self) -> None:
-        if self.on_publish not in (*MODES, "none"):
-            raise UserError(
-                f"lifecycle on_publish must be shadow, canary or none, not {self.on_publish!r}"
-            )
-        for name in ("canary_percent", "shadow_percent"):
-            if not 0 <= getattr(self, name) <= 100:
-                raise UserError(f"lifecycle {name} must be within 0–100")
-
-
-@dataclass(frozen=True)
-class Live:
-    """Answers the API compared between the serving version and the candidate."""
-
-    agree: int = 0
-    disagree: int = 0
-    new_label: int = 0  # the candidate named a class the serving version does not have
-
-    @property
-    def compared(self) -> int:
-        return self.agree + self.disagree
-
-    @property
-    def agreement(self) -> float | None:
-        return self.agree / self.compared if self.compared else None
-
-
-def live_comparisons(api_urls: Sequence[str], model: str, serving: int, candidate: int) -> Live:
-    """Sum of the comparison counters of every API given (one per replica)."""
-    counts = {"agree": 0.0, "disagree": 0.0, "new_label": 0.0}
-    for url in api_urls:
-        try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=10) as resp:
-                text = resp.read().decode()
-        except OSError as exc:
-            raise ControlError(f"the API's metrics are not reachable at {url}: {exc}") from None
-        for labels, value in re.findall(rf"^{COMPARISONS}{{([^}}]*)}} (\S+)$", text, re.M):
-            found = dict(re.findall(r'(\w+)="([^"]*)"', labels))
-            if (found.get("model"), found.get("serving"), found.get("candidate")) == (
-                model,
-                str(serving),
-                str(candidate),
-            ):
-                counts[found.get("outcome", "")] = counts.get(found.get("outcome", ""), 0) + float(
-                    value
-                )
-    return Live(int(counts["agree"]), int(counts["disagree"]), int(counts["new_label"]))
+GATE_SET = Path("artifacts/gate.npz")  # the prepare stage's (model_preparation.common.GATE_SET)
 
 
 class Controller:
@@ -110,12 +42,14 @@ class Controller:
         api_urls: Sequence[str] = (),
         params: LifecycleParams | None = None,
         say: Callable[[str], None] = print,
+        gate_set: Path = GATE_SET,
     ) -> None:
         self.repository = Path(repository)
         self.triton = triton
         self.api_urls = list(api_urls)
         self._params = params
         self.say = say
+        self.gate_path = Path(gate_set)
 
     @property
     def params(self) -> LifecycleParams:
@@ -134,12 +68,13 @@ class Controller:
             )
         return [found[n] for n in names] if names else list(found.values())
 
-    # -- commands -------------------------------------------------------------------------
+    # -- status -----------------------------------------------------------------------------
     def status(self, names: Sequence[str] = ()) -> None:
+        self.say(self._describe_gate_set())
         for model in self.models(names):
             state = _state(model)
             ready = self._ready(model.name)
-            self.say(f"{model.name}: {_describe_state(state)}")
+            self.say(f"{model.name}: {describe_state(state)}")
             for number in model.versions():
                 v = model.version(number)
                 role = _role(state, number)
@@ -149,15 +84,37 @@ class Controller:
                     f"  {number:>3}  {role:<10} accuracy {acc:<7} {len(v.labels)} classes "
                     f"({', '.join(v.labels)})  {v.published_at}{triton}"
                 )
+            newest = state.candidate or _newest(model, state)
+            report = last_report(model, newest) if newest else None
+            if report and report.get("serving") == state.serving:
+                gate = Decision(report["decision"], tuple(report["reasons"]), report)
+                self.say(f"  gate ({newest} vs {state.serving}): {gate.summary()}")
+            step = _last_rollout_event(model)
+            if step:
+                self.say(f"  rollout: {step}")
             if state.candidate is not None and self.api_urls:
                 try:
-                    self.say(f"  live: {_describe_live(self._live(model.name, state))}")
+                    self.say(f"  live: {self._describe_live(model.name, state)}")
                 except ControlError as exc:
                     self.say(f"  live: unknown ({exc})")
 
+    def _describe_gate_set(self) -> str:
+        try:
+            gate = GateSet.load(self.gate_path)
+        except UserError as exc:
+            return f"gate set: none usable ({exc})"
+        counts = ", ".join(f"{c} {n}" for c, n in gate.counts().items())
+        return f"gate set: {len(gate)} images, {len(gate.classes)} classes ({counts})"
+
+    def _describe_live(self, model: str, state: Lifecycle) -> str:
+        window = live.read(self.api_urls)
+        health = live.health(window, model, state.serving, state.candidate, self.params.guards)
+        return health.line() + " (since the APIs started)"
+
+    # -- candidates -------------------------------------------------------------------------
     def start_candidate(
         self, mode: str, version: int | None, percent: float | None, names: Sequence[str] = ()
-    ) -> None:
+    ) -> list[tuple[ModelDir, Lifecycle]]:
         share = self.params.canary_percent if percent is None else percent
         if mode == "shadow" and percent is None:
             share = self.params.shadow_percent
@@ -173,13 +130,19 @@ class Controller:
             if number == state.serving:
                 raise RepositoryError(f"{model.name} version {number} already serves")
             model.check_version(number)
-            changes.append((model, replace(state, candidate=number, mode=mode, percent=share)))
-        if not changes:
+            target = replace(state, candidate=number, mode=mode, percent=share)
+            if target == state:
+                self.say(f"{model.name}: version {number} is already the {mode} candidate at "
+                         f"{share:g} %: nothing to do")  # fmt: skip
+                continue
+            changes.append((model, target))
+        if not changes and not any(_state(m).candidate for m in self.models(names)):
             raise RepositoryError(
                 "no model has a version newer than the one serving: publish one with "
                 "`make model`, or name a version"
             )
-        self._apply(changes, event=mode)
+        if changes:
+            self._apply(changes, event=mode)
         for model, state in changes:
             what = (
                 f"get its answer (version {state.serving} answers the rest)"
@@ -190,9 +153,38 @@ class Controller:
                 f"{model.name}: version {state.candidate} is the {mode} candidate: {share:g} % of "
                 f"requests {what}"
             )
+        return changes
 
-    def promote(self, version: int | None, force: bool, names: Sequence[str] = ()) -> None:
-        changes, refusals = [], []
+    # -- the labelled gate ------------------------------------------------------------------
+    def gate(self, version: int | None = None, names: Sequence[str] = ()) -> list[Decision]:
+        """Each model's candidate (or ``version``, or its newest) against its serving version
+        on the gate set; reports kept beside the candidates. Changes nothing else."""
+        gate_set = GateSet.load(self.gate_path)
+        decisions = []
+        for model in self.models(names):
+            state = _state(model)
+            number = version or state.candidate or _newest(model, state)
+            if number is None or number == state.serving:
+                self.say(f"{model.name}: no candidate to judge (version {state.serving} serves)")
+                continue
+            model.check_version(number)
+            decision = run_gate(model, state.serving, number, gate_set, self.params.gate,
+                                self.gate_path)  # fmt: skip
+            with model.lock():
+                model.log("gate", candidate=number, serving=state.serving,
+                          decision=decision.decision, reasons=list(decision.reasons))  # fmt: skip
+            self.say(f"{model.name} v{number} vs v{state.serving}: {decision.summary()}")
+            decisions.append(decision)
+        return decisions
+
+    # -- promote and rollback ---------------------------------------------------------------
+    def promote(
+        self, version: int | None, force: bool, names: Sequence[str] = (), gated: bool = False
+    ) -> None:
+        """The candidate (or ``version``) serves everything, if the labelled gate passes it
+        (``force``: whatever the gate says; ``gated``: it passed already, in this roll-out).
+        A version that already serves is a no-op."""
+        targets = []
         for model in self.models(names):
             state = _state(model)
             number = version if version is not None else state.candidate
@@ -202,30 +194,46 @@ class Controller:
                     "the version to promote"
                 )
             if number == state.serving:
-                raise RepositoryError(f"{model.name} version {number} already serves")
+                self.say(f"{model.name}: version {number} already serves: nothing to do")
+                continue
             model.check_version(number)
-            refusals += [f"{model.name} v{number}: {r}" for r in self._gate(model, state, number)]
-            changes.append((model, Lifecycle(serving=number, previous=state.serving)))
-        if refusals and not force:
-            raise RepositoryError(
-                "promotion refused, nothing changed:\n  "
-                + "\n  ".join(refusals)
+            targets.append((model, state, number))
+        if not targets:
+            return
+        refusals = [] if force or gated else self._gate_refusals(targets)
+        if refusals:
+            raise Refused(
+                "promotion refused, nothing changed:\n  " + "\n  ".join(refusals)
                 + "\n(--force promotes anyway)"
-            )
-        for refusal in refusals:
-            self.say(f"warning: promoting despite: {refusal}")
-        self._apply(changes, event="promote", forced=bool(refusals))
+            )  # fmt: skip
+        changes = [(m, Lifecycle(serving=n, previous=s.serving)) for m, s, n in targets]
+        self._apply(changes, event="promote", forced=force)
         for model, state in changes:
             self.say(
                 f"{model.name}: version {state.serving} serves all traffic "
                 f"(was {state.previous}; `rollback` returns to it)"
             )
 
-    def rollback(self, to: int | None, names: Sequence[str] = ()) -> None:
+    def _gate_refusals(self, targets: list[tuple[ModelDir, Lifecycle, int]]) -> list[str]:
+        try:
+            gate_set = GateSet.load(self.gate_path)
+        except UserError as exc:
+            return [f"no labelled evidence: {exc}"]
+        out = []
+        for model, state, number in targets:
+            d = run_gate(model, state.serving, number, gate_set, self.params.gate, self.gate_path)
+            if not d.passed:
+                out.append(f"{model.name} v{number}: gate {d.decision}: {'; '.join(d.reasons)}")
+        return out
+
+    def rollback(self, to: int | None, names: Sequence[str] = (), reason: str = "") -> None:
         changes = []
         for model in self.models(names):
             state = _state(model)
             if to is not None:
+                if to == state.serving and state.candidate is None:
+                    self.say(f"{model.name}: version {to} already serves: nothing to do")
+                    continue
                 target = Lifecycle(serving=to, previous=state.serving)
             elif state.candidate is not None:
                 target = Lifecycle(serving=state.serving, previous=state.previous)
@@ -238,7 +246,10 @@ class Controller:
                 )
             model.check_version(target.serving)
             changes.append((model, target, state))
-        self._apply([(m, t) for m, t, _ in changes], event="rollback")
+        if not changes:
+            return
+        extra = {"reason": reason} if reason else {}
+        self._apply([(m, t) for m, t, _ in changes], event="rollback", **extra)
         for model, target, before in changes:
             if to is None and before.candidate is not None:
                 self.say(
@@ -251,52 +262,18 @@ class Controller:
                     f"(was {before.serving})"
                 )
 
-    # -- the gate ---------------------------------------------------------------------------
-    def _gate(self, model: ModelDir, state: Lifecycle, number: int) -> list[str]:
-        """Why ``number`` may not replace the serving version (empty: it may)."""
-        p, reasons = self.params, []
-        candidate, serving = model.version(number), model.version(state.serving)
-        if candidate.accuracy is None:
-            if p.min_accuracy > 0:
-                reasons.append("no held-out accuracy recorded for it")
-        else:
-            if candidate.accuracy < p.min_accuracy:
-                reasons.append(
-                    f"held-out accuracy {candidate.accuracy:.4f} < min_accuracy {p.min_accuracy}"
-                )
-            if serving.accuracy is not None and (
-                candidate.accuracy < serving.accuracy - p.max_accuracy_drop
-            ):
-                reasons.append(
-                    f"held-out accuracy {candidate.accuracy:.4f} is more than max_accuracy_drop "
-                    f"{p.max_accuracy_drop} below version {state.serving}'s {serving.accuracy:.4f}"
-                )
-        if state.candidate != number:
-            if p.min_comparisons > 0:
-                reasons.append(
-                    "it has not run as a candidate: no live agreement (canary or shadow it first)"
-                )
-            return reasons
-        try:
-            live = self._live(model.name, state)
-        except ControlError as exc:
-            return [*reasons, f"live agreement unknown: {exc}"]
-        if live.compared < p.min_comparisons:
-            reasons.append(
-                f"only {live.compared} live comparisons with version {state.serving} "
-                f"(min_comparisons {p.min_comparisons}): let the {state.mode} run longer"
-            )
-        elif live.agreement is not None and live.agreement < p.min_agreement:
-            reasons.append(
-                f"live top-1 agreement {live.agreement:.3f} with version {state.serving} "
-                f"< min_agreement {p.min_agreement} ({_describe_live(live)})"
-            )
-        return reasons
-
-    def _live(self, model: str, state: Lifecycle) -> Live:
-        if not self.api_urls or state.candidate is None:
-            return Live()
-        return live_comparisons(self.api_urls, model, state.serving, state.candidate)
+    def drop_candidates(self, models: Sequence[ModelDir], reason: str) -> None:
+        """Each model's candidate (if it has one) dropped; what serves stays."""
+        changes = []
+        for model in models:
+            state = _state(model)
+            if state.candidate is not None:
+                changes.append((model, Lifecycle(serving=state.serving, previous=state.previous)))
+        if changes:
+            self._apply(changes, event="rollback", reason=reason)
+            for model, state in changes:
+                self.say(f"{model.name}: candidate dropped; version {state.serving} serves all "
+                         "traffic")  # fmt: skip
 
     # -- applying ---------------------------------------------------------------------------
     def _apply(self, changes: list[tuple[ModelDir, Lifecycle]], event: str, **extra) -> None:
@@ -327,7 +304,7 @@ class Controller:
                         except ControlError as again:
                             self.say(f"warning: reloading {model.name}'s old config: {again}")
             raise RepositoryError(f"{event} failed, the previous state is back: {exc}") from exc
-        self._commit_dvc()
+        self.commit_dvc()
 
     def _load(self, model: ModelDir, state: Lifecycle) -> None:
         try:
@@ -344,7 +321,7 @@ class Controller:
         except ControlError:
             return None
 
-    def _commit_dvc(self) -> None:
+    def commit_dvc(self) -> None:
         """Record what serves in model.dvc, when this is the project's own repository."""
         if self.repository.resolve() != MODEL_REPOSITORY.resolve():
             return
@@ -376,7 +353,7 @@ def _role(state: Lifecycle, number: int) -> str:
     return "previous" if number == state.previous else ""
 
 
-def _describe_state(state: Lifecycle) -> str:
+def describe_state(state: Lifecycle) -> str:
     text = f"version {state.serving} serves"
     if state.candidate is not None:
         verb = "answers" if state.mode == "canary" else "shadows"
@@ -384,13 +361,35 @@ def _describe_state(state: Lifecycle) -> str:
     return text
 
 
-def _describe_live(live: Live) -> str:
-    if not live.compared:
-        return "no answers compared yet"
-    text = f"{live.agree}/{live.compared} answers agree ({live.agreement:.3f})"
-    if live.new_label:
-        text += f", {live.new_label} named a class the serving version does not have"
-    return text
+def _last_rollout_event(model: ModelDir) -> str:
+    """The last roll-out line of the model's history, when the roll-out did not finish: still
+    running, or interrupted (its process is gone), and what to do then."""
+    for event in reversed(model.history()):
+        if event.get("event") == "rollout":
+            if event.get("step") in ("promoted", "refused", "rolled back"):
+                return ""
+            line = f"{event.get('at', '')} {event.get('step', '')}: {event.get('detail', '')}"
+            if event.get("step") == "inconclusive":
+                return line + " (`make rollout` tries again, `make rollback` drops the candidate)"
+            if _alive(event.get("pid")):
+                return line + f" (running, pid {event['pid']})"
+            return line + (" — interrupted: the serving version serves; `make rollout` starts "
+                           "again from the gate, `make rollback` drops the candidate")  # fmt: skip
+        if event.get("event") in ("promote", "rollback", "publish"):
+            return ""
+    return ""
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fields(state: Lifecycle) -> dict:
@@ -399,78 +398,3 @@ def _fields(state: Lifecycle) -> dict:
         for k, v in vars(state).items()
         if v not in (None, "") and not (k == "percent" and state.candidate is None)
     }
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m imgcls.lifecycle",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--repository", type=Path, default=MODEL_REPOSITORY)
-    parser.add_argument("--triton-url", default=os.environ.get("TRITON_URL", "127.0.0.1:8000"))
-    parser.add_argument(
-        "--triton-grpc-url",
-        default=os.environ.get("TRITON_GRPC_URL"),
-        help="Triton's gRPC endpoint, for loads (default: the HTTP host, port 8001)",
-    )
-    parser.add_argument(
-        "--admin-key-file",
-        type=Path,
-        default=None,
-        help="a file holding Triton's admin key (else $TRITON_ADMIN_KEY, $TRITON_ADMIN_KEY_FILE "
-        f"or {LOCAL_ADMIN_KEY_FILE}, which `make up` writes)",
-    )
-    parser.add_argument(
-        "--api-url",
-        action="append",
-        default=None,
-        help="the API whose /metrics count live agreement (repeat: one per replica); "
-        "default $API_URL or http://127.0.0.1:5000",
-    )
-    models = argparse.ArgumentParser(add_help=False)
-    models.add_argument(
-        "--model", action="append", default=[], help="only this model (repeatable; default: all)"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", parents=[models], help="versions, what serves, live agreement")
-    for mode in ("canary", "shadow"):
-        cmd = sub.add_parser(
-            mode, parents=[models], help=f"start version N as the {mode} candidate"
-        )
-        cmd.add_argument("version", nargs="?", type=int)
-        cmd.add_argument("--percent", type=float, default=None)
-    cmd = sub.add_parser(
-        "promote", parents=[models], help="the candidate (or N) serves all traffic"
-    )
-    cmd.add_argument("version", nargs="?", type=int)
-    cmd.add_argument("--force", action="store_true", help="promote even if the gate refuses")
-    cmd = sub.add_parser(
-        "rollback", parents=[models], help="drop the candidate, or serve the previous version"
-    )
-    cmd.add_argument("--to", type=int, default=None)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    api_urls = args.api_url or [os.environ.get("API_URL", "http://127.0.0.1:5000")]
-    control = TritonControl(
-        args.triton_url, admin_key(args.admin_key_file), grpc_url=args.triton_grpc_url
-    )
-    ctl = Controller(args.repository, control, api_urls)
-    try:
-        if args.command == "status":
-            ctl.status(args.model)
-        elif args.command in ("canary", "shadow"):
-            ctl.start_candidate(args.command, args.version, args.percent, args.model)
-        elif args.command == "promote":
-            ctl.promote(args.version, args.force, args.model)
-        else:
-            ctl.rollback(args.to, args.model)
-    except ValueError as exc:  # a state the Lifecycle refuses
-        raise RepositoryError(str(exc)) from None
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from imgcls.dvc import dvc
 from imgcls.lifecycle import Controller, LifecycleParams
+from imgcls.lifecycle.rollout import Rollout
 from imgcls.params import load_settings
 from imgcls.repository import ModelDir
 from imgcls.triton_control import TritonControl, admin_key
@@ -141,12 +142,6 @@ def _after_publish(receipt: dict) -> None:
     if not new:
         return
     params = load_settings(LifecycleParams, "lifecycle")
-    for e in new:
-        if e.get("accuracy") is not None and e["accuracy"] < params.min_accuracy:
-            say(
-                f"{e['model_name']} version {e['version']}: held-out accuracy {e['accuracy']:.4f}"
-                f" < lifecycle.min_accuracy {params.min_accuracy}: promote will refuse it"
-            )
     mode = params.on_publish
     if mode == "none":
         say("the new version serves nobody yet: `make canary` or `make shadow` starts it")
@@ -161,10 +156,17 @@ def _after_publish(receipt: dict) -> None:
             f"`make {mode}` starts it")  # fmt: skip
         return
     names = [e["model_name"] for e in new]
-    Controller(MODEL_REPOSITORY, control, params=params, say=say).start_candidate(
-        mode, None, None, names
-    )
-    say("`make status` shows how it compares; `make promote` or `make rollback` when you know")
+    ctl = Controller(MODEL_REPOSITORY, control, _api_urls(), params=params, say=say)
+    if mode == "rollout":  # gate → shadow → canary → promote, or back (exit 3) / left (exit 4)
+        Rollout(ctl).run(None, names)
+        return
+    ctl.start_candidate(mode, None, None, names)
+    say("`make status` shows how it compares (the labelled gate: `python -m imgcls.lifecycle "
+        "gate`); `make rollout` decides by itself, `make promote` or `make rollback` by hand")  # fmt: skip
+
+
+def _api_urls() -> list[str]:
+    return [os.environ.get("API_URL", "http://127.0.0.1:5000")]
 
 
 def _accuracy_line() -> str:

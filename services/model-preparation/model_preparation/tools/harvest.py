@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgcls.gateset import FEEDBACK_PREFIX
 from imgcls.params import UserError, run_cli
 from imgcls.preprocessing import pixels_sha256
 
@@ -169,7 +170,7 @@ def _import_one(entry, data, data_bytes, digest, digests, labels_of, new_class):
             raise UserError(f"label {entry.label!r} is not a class in {data} ({', '.join(known)}); "
                             "--new-class adds it")  # fmt: skip
         folder.mkdir(parents=True)
-    path = folder / f"fb-{digest[:16]}.png"
+    path = folder / f"{FEEDBACK_PREFIX}{digest[:16]}.png"  # its own gate share (imgcls.gateset)
     file_digest = hashlib.sha256(data_bytes).hexdigest()
     if file_digest in digests or not _write_new(path, data_bytes):
         _move(entry, "imported", harvested_to=None, duplicate=True)
