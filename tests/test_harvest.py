@@ -138,3 +138,52 @@ def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     hv.main(["list", "--store", str(store)])
     out = capsys.readouterr().out
     assert "a-0" in out and "square → circle" in out and "1 pending" in out
+
+
+def _disagreed_on(store: Path, value: int) -> str:
+    """An input the API kept because the serving version and a candidate disagreed on it (the
+    capture store's own writer)."""
+    from imgcls_api.capture import CaptureStore, Disagreement
+    from tests.conftest import wait_until
+
+    capture = CaptureStore(store, rate=0.0, max_mb=10)
+    pixels = np.full((8, 8, 3), value, np.uint8)
+    capture.to_label(Disagreement("m", ("circle", "square", "star"), "1", "circle", "2", "star",
+                                  pixels))  # fmt: skip
+    capture.to_label(Disagreement("m", ("circle", "square", "star"), "1", "circle", "2", "star",
+                                  pixels))  # the same image again: one entry  # fmt: skip
+    wait_until(capture.idle, what="the capture store")
+    (entry,) = [p.stem for p in (store / "tolabel").glob("*.json")]
+    return entry
+
+
+def test_disagreements_are_listed_first_and_a_label_makes_them_a_correction(tmp_path, capsys):
+    store, data = _store(tmp_path), _data(tmp_path, ("circle", "square"))
+    _entry(store, "a-0", "circle", 50)
+    entry = _disagreed_on(store, 90)
+    hv.main(["list", "--store", str(store)])
+    listed = capsys.readouterr().out
+    assert listed.index("to label") < listed.index("a-0")  # the deciding labels come first
+    assert f"{entry}" in listed and "v1 circle · v2 star" in listed
+    with pytest.raises(UserError, match="--new-class"):  # not a class of either version
+        hv.label(store, entry, "cat", data)
+    with pytest.raises(UserError, match="not a plain class name"):
+        hv.label(store, entry, "../x", data)
+    with pytest.raises(UserError, match="no input to label"):
+        hv.label(store, "nope", "circle", data)
+    assert hv.label(store, entry, "star", data) == entry
+    assert not list((store / "tolabel").glob("*.json"))
+    report = hv.harvest(store, data, [entry], new_class=True)  # star: a class the data lacks
+    (item,) = report["imported"]
+    assert Path(item["path"]).parent.name == "star" and Path(item["path"]).name.startswith("fb-")
+    assert (np.asarray(Image.open(item["path"])) == 90).all()
+    moved = json.loads((store / "feedback/imported" / f"{entry}.json").read_text())
+    assert moved["source"] == "disagreement" and moved["candidate"]["label"] == "star"
+
+
+def test_a_disagreement_can_be_rejected_like_a_correction(tmp_path):
+    store = _store(tmp_path)
+    entry = _disagreed_on(store, 120)
+    assert hv.reject(store, [entry]) == [entry]
+    assert (store / "tolabel/rejected" / f"{entry}.json").is_file()
+    assert not hv.pending(store, "tolabel")

@@ -205,3 +205,54 @@ def test_a_correction_goes_from_the_api_into_data_raw_and_dvc_sees_it(
     again = run(["python", "-m", "model_preparation.tools.harvest", "list", "--store",
                  str(capture_dir)], project).stdout  # fmt: skip
     assert "no pending feedback" in again
+
+
+def test_what_a_shadowed_candidate_disagrees_on_is_kept_to_be_labelled(
+    model_repository, tiny_project, tmp_path
+):
+    """A candidate that answers by colour, shadowed with capture on: each image it and the
+    serving version name differently is kept once in tolabel/ with both answers (what ONNX
+    Runtime computes from each served file), and `harvest list` shows them first."""
+    from imgcls.repository import Lifecycle, ModelDir
+    from model_preparation.onnx_utils import session
+    from model_preparation.publish import publish_model
+    from tests import stacks
+    from tests.models import publish_params, tiny_onnx
+
+    source = tmp_path / "source"
+    shutil.copytree(model_repository, source)
+    labels = ("circle", "square", "star", "triangle")
+    v2 = tiny_onnx(tmp_path / "v2.onnx", classes=4, size=SIZE)
+    publish_model("resnet50v2", v2, list(labels), source, publish_params(max_batch_size=16), 0.5)
+    ModelDir(source, "resnet50v2").write_config(Lifecycle(1, 2, "shadow", 100))
+    store = tmp_path / "capture"
+    paths = _demo(tiny_project, 4)
+    with stacks.stack(source, tiny_project / "artifacts/gate.npz", tmp_path / "s", {},
+                      api_env={"CAPTURE_DIR": str(store), "CAPTURE_RATE": "0"}) as stack:  # fmt: skip
+        for _ in range(2):  # twice: one entry per distinct image
+            for path in paths:
+                assert _predict(stack.api, path.read_bytes())["model"]["version"] == "1"
+        s1, s2 = (session(stack.repo / f"resnet50v2/{v}/model.onnx") for v in (1, 2))
+        v1_labels = ModelDir(stack.repo, "resnet50v2").version(1).labels
+        expected = {}
+        for path in paths:
+            x = load_image(path, SIZE)[None]
+            said, says = v1_labels[s1.run(None, {"image": x})[0].argmax()], labels[
+                s2.run(None, {"image": x})[0].argmax()]  # fmt: skip
+            if said != says:
+                expected[(said, says)] = expected.get((said, says), 0) + 1
+        assert expected, "the two versions agree on every image tried"
+        entries = wait_until(lambda: (found := list((store / "tolabel").glob("*.json")))
+                             and len(found) == sum(expected.values()) and found, timeout=30,
+                             what="the disagreements")  # fmt: skip
+    kept: dict = {}
+    for path in entries:
+        record = json.loads(path.read_text())
+        assert (record["serving"]["version"], record["candidate"]["version"]) == ("1", "2")
+        key = (record["serving"]["label"], record["candidate"]["label"])
+        kept[key] = kept.get(key, 0) + 1
+        assert (store / "tolabel" / record["image"]).is_file()
+    assert kept == expected
+    listed = run(["python", "-m", "model_preparation.tools.harvest", "list", "--store",
+                  str(store)], tiny_project).stdout  # fmt: skip
+    assert listed.startswith("to label") and f"{len(entries)} to label" in listed

@@ -33,6 +33,8 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
         if settings.capture_dir
         else None
     )
+    if app.extensions["capture"] is not None:  # what two versions disagree on: to be labelled
+        app.extensions["triton"].on_disagreement = app.extensions["capture"].to_label
     observability.configure_logging(settings.api_log_level)
     observability.init_app(app)
     auth.init_app(app, settings)

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 
 CAPTURED = Counter(
     "api_captures_total",
-    "Capture store writes: record (every answered request), image (the sampled ones), feedback",
+    "Capture store writes: record (every answered request), image (the sampled ones), feedback, "
+    "tolabel (an input the serving version and a candidate disagree on)",
     ["kind"],
 )
 CAPTURE_FAILURES = Counter(
@@ -87,6 +88,19 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 @dataclass(frozen=True)
+class Disagreement:
+    """One input on which the serving version and the candidate named different classes."""
+
+    model: str
+    labels: tuple[str, ...]  # the classes a person may choose from: both versions' labels
+    serving_version: str
+    serving_label: str
+    candidate_version: str
+    candidate_label: str
+    pixels: np.ndarray  # H×W×3: what both versions saw
+
+
+@dataclass(frozen=True)
 class Answer:
     """What the store keeps of one answered request."""
 
@@ -107,7 +121,8 @@ class CaptureStore:
         self.root, self.rate = root, rate
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.requests, self.feedback, self.tmp = root / "requests", root / "feedback", root / ".tmp"
-        for path in (self.requests, self.feedback, self.tmp):
+        self.tolabel = root / "tolabel"  # inputs the serving version and a candidate disagree on
+        for path in (self.requests, self.feedback, self.tolabel, self.tmp):
             if not path.is_dir():  # group-writable: harvest (the API's group) files feedback
                 path.mkdir(parents=True, exist_ok=True)
                 with contextlib.suppress(OSError):
@@ -128,6 +143,33 @@ class CaptureStore:
         sampled = random.random() < self.rate
         if not self._background.submit(lambda: self._write_answer(answer, sampled)):
             CAPTURE_FAILURES.labels("busy").inc()
+
+    def to_label(self, disagreement: Disagreement) -> None:
+        """Keep an input two versions disagree on, for a person to label (``harvest list``
+        shows these first): the cheapest labels that decide between the two. In the background;
+        one file per distinct image."""
+        if time.monotonic() < self._paused_until:
+            return
+        if not self._background.submit(lambda: self._write_disagreement(disagreement)):
+            CAPTURE_FAILURES.labels("busy").inc()
+
+    def _write_disagreement(self, d: Disagreement) -> None:
+        digest = pixels_sha256(d.pixels)
+        name = digest[:32]
+        if (self.tolabel / f"{name}.json").exists():
+            return
+        entry = {"digest": digest, "at": _now(), "model": d.model, "labels": list(d.labels),
+                 "serving": {"version": d.serving_version, "label": d.serving_label},
+                 "candidate": {"version": d.candidate_version, "label": d.candidate_label},
+                 "image": f"{name}.png", "size": list(d.pixels.shape[:2])}  # fmt: skip
+        try:
+            written = self._write(self.tolabel / f"{name}.png", png_bytes(d.pixels))
+            written += self._write(self.tolabel / f"{name}.json", json.dumps(entry).encode())
+        except OSError as exc:
+            self._failed(exc)
+            return
+        CAPTURED.labels("tolabel").inc()
+        self._account(written)
 
     def idle(self) -> bool:
         """Every answer handed to ``capture`` is written (and the cap applied)."""
@@ -196,9 +238,10 @@ class CaptureStore:
         self.prune()
 
     def prune(self) -> int:
-        """Delete the oldest request files until the store is within its cap; how many."""
+        """Delete the oldest request (and to-label) files until the store is within its cap;
+        how many. Feedback is never deleted."""
         with self._exclusive():
-            files = _files(self.requests)
+            files = _files(self.requests) + _files(self.tolabel)
             total = sum(size for _, size, _ in files) + self.feedback_bytes()
             removed = 0
             for _, size, path in sorted(files):

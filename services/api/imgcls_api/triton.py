@@ -32,6 +32,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,6 +49,7 @@ from imgcls.repository import (
 
 from .background import Background
 from .batching import Batcher
+from .capture import Disagreement
 from .cooperative import gevent_active
 from .errors import ApiError
 from .observability import (
@@ -171,6 +173,9 @@ class TritonGateway:
         self._mirror = Background(settings.mirror_max_pending, "comparison call")
         slots = settings.batch_slots
         self._batcher = Batcher(self._send, self._batch_limit, slots) if slots > 0 else None
+        # called with each input the serving version and a candidate disagree on (the capture
+        # store keeps them to be labelled: create_app sets it when CAPTURE_DIR is on)
+        self.on_disagreement: Callable[[Disagreement], None] | None = None
 
     def _pinned_version(self, model: str) -> str:
         return self.settings.model_version if model == self.settings.model_name else ""
@@ -427,9 +432,20 @@ class TritonGateway:
             outcomes = compare_top1(s_info.labels, c_info.labels, s_probs, c_probs)
             for outcome, count in outcomes.items():
                 COMPARISONS.labels(info.name, s_info.version, c_info.version, outcome).inc(count)
+            if self.on_disagreement is not None:
+                self._disagreements(s_info, c_info, s_probs, c_probs, images)
 
         if not self._mirror.submit(call):
             MIRROR_SKIPPED.labels(info.name, "busy").inc()
+
+    def _disagreements(self, s_info, c_info, s_probs, c_probs, images: np.ndarray) -> None:
+        labels = tuple(dict.fromkeys((*s_info.labels, *c_info.labels)))
+        for row, (s, c) in enumerate(zip(s_probs.argmax(1), c_probs.argmax(1), strict=True)):
+            said, says = s_info.labels[int(s)], c_info.labels[int(c)]
+            if said != says:
+                self.on_disagreement(Disagreement(
+                    s_info.name, labels, s_info.version, said, c_info.version, says, images[row]
+                ))  # fmt: skip
 
 
 def classify(status: int | None, text: str) -> str:

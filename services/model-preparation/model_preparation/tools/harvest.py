@@ -3,8 +3,12 @@
     python -m model_preparation.tools.harvest list   [--store DIR]
     python -m model_preparation.tools.harvest import [--store DIR] [--data data/raw] --all | ID...
     python -m model_preparation.tools.harvest reject [--store DIR] ID...
+    python -m model_preparation.tools.harvest label  [--store DIR] ID LABEL [--new-class]
 
-``list`` shows pending corrections (what the model said, what the user said). ``import`` copies
+``list`` shows first the inputs a candidate and the serving version disagreed on while it was
+shadowed or canaried (``tolabel/``, kept by the API when capture is on; ``label`` gives one its
+class, making it a correction), then the pending corrections (what the model said, what the user
+said). ``import`` copies
 each one's image, the pixels the model saw, into ``data/raw/<label>/fb-<digest>.png`` and moves the
 entry to ``feedback/imported/``; ``reject`` moves entries to ``feedback/rejected/``. Then
 ``dvc add data`` (or ``make model``) versions the data and retrains: the new model goes live
@@ -53,13 +57,15 @@ class Entry:
         return str(self.record.get("label", ""))
 
 
-def pending(store: Path) -> list[Entry]:
-    folder = store / "feedback"
-    if not folder.is_dir():
+def pending(store: Path, folder_name: str = "feedback") -> list[Entry]:
+    """The entries waiting in ``feedback/`` (corrections), or ``tolabel/`` (inputs the serving
+    version and a candidate disagreed on, waiting for a person's label)."""
+    if not (store / "feedback").is_dir():
         raise UserError(f"{store} is not a capture store (no feedback/ in it): set CAPTURE_DIR "
                         "to the API's capture directory or pass --store")  # fmt: skip
+    folder = store / folder_name
     entries = []
-    for path in sorted(folder.glob("*.json")):
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             record = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError) as exc:
@@ -181,13 +187,41 @@ def _import_one(entry, data, data_bytes, digest, digests, labels_of, new_class):
 
 
 def reject(store: Path, ids: list[str]) -> list[str]:
-    entries = {e.id: e for e in pending(store)}
+    entries = {e.id: e for e in (*pending(store), *pending(store, "tolabel"))}
     unknown = [i for i in ids if i not in entries]
     if unknown:
         raise UserError(f"no pending feedback {', '.join(unknown)} (see: harvest list)")
     for i in ids:
         _move(entries[i], "rejected")
     return ids
+
+
+def label(store: Path, entry_id: str, name: str, data: Path, new_class: bool = False) -> str:
+    """Give a to-label input its class: it becomes a correction in ``feedback/``, and ``import``
+    adds it to the data like any other. The label is checked as ``import`` checks it (a plain
+    class name; one of the two versions' classes or an existing class folder, else only with
+    ``new_class``). Returns the correction's id."""
+    entries = {e.id: e for e in pending(store, "tolabel")}
+    if entry_id not in entries:
+        raise UserError(f"no input to label {entry_id!r} (see: harvest list)")
+    entry = entries[entry_id]
+    folder = safe_label(name, data)
+    known = set(entry.record.get("labels", ())) | ({folder.name} if folder.is_dir() else set())
+    if name not in known and not new_class:
+        raise UserError(f"label {name!r} is none of {', '.join(sorted(known))}; --new-class "
+                        "adds a class")  # fmt: skip
+    record = entry.record
+    correction = {"request_id": None, "index": 0, "label": name,
+                  "predicted": record["serving"]["label"], "model": record.get("model"),
+                  "version": record["serving"]["version"], "at": record.get("at"),
+                  "image": f"{entry.id}.png", "sha256": record.get("digest"),
+                  "source": "disagreement", "candidate": record.get("candidate")}  # fmt: skip
+    target = store / "feedback"
+    if entry.image.exists():
+        os.replace(entry.image, target / f"{entry.id}.png")
+    (target / f"{entry.id}.json").write_text(json.dumps(correction, indent=1) + "\n", "utf-8")
+    (entry.image.parent / f"{entry.id}.json").unlink()
+    return entry.id
 
 
 def _store(arg: str | None) -> Path:
@@ -198,6 +232,7 @@ def _store(arg: str | None) -> Path:
 
 
 def _list(store: Path) -> None:
+    _list_to_label(store)
     entries = pending(store)
     if not entries:
         print(f"no pending feedback in {store}")
@@ -210,10 +245,28 @@ def _list(store: Path) -> None:
     print(f"{len(entries)} pending: harvest import --all | ID..., or harvest reject ID...")
 
 
+def _list_to_label(store: Path) -> None:
+    """First: the inputs the serving version and a candidate disagreed on (the labels that
+    decide between them), each with the two answers."""
+    entries = pending(store, "tolabel")
+    if not entries:
+        return
+    print("to label (the serving version and the candidate disagreed):")
+    print(f"{'id':<32} {'at':<20} {'model':<20} serving says · candidate says")
+    for e in entries:
+        r = e.record
+        s, c = r.get("serving", {}), r.get("candidate", {})
+        print(f"{e.id:<32} {r.get('at', ''):<20} {r.get('model', '?'):<20} "
+              f"v{s.get('version')} {s.get('label')} · v{c.get('version')} {c.get('label')}")  # fmt: skip
+    print(f"{len(entries)} to label: harvest label ID LABEL (or harvest reject ID); the image "
+          f"is {store}/tolabel/ID.png")  # fmt: skip
+    print()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="harvest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["list", "import", "reject"])
-    parser.add_argument("ids", nargs="*", help="feedback ids (see: list)")
+    parser.add_argument("command", choices=["list", "import", "reject", "label"])
+    parser.add_argument("ids", nargs="*", help="feedback ids (see: list); label: ID LABEL")
     parser.add_argument("--store", help="the capture store (default: $CAPTURE_DIR)")
     parser.add_argument("--data", default=str(RAW_DATA), help="the training data folder")
     parser.add_argument("--all", action="store_true", help="import every pending entry")
@@ -222,6 +275,11 @@ def main(argv: list[str] | None = None) -> None:
     store = _store(args.store)
     if args.command == "list":
         _list(store)
+    elif args.command == "label":
+        if len(args.ids) != 2:
+            raise UserError("label what? harvest label ID LABEL (see: harvest list)")
+        done = label(store, args.ids[0], args.ids[1], Path(args.data), args.new_class)
+        print(f"labelled {done} {args.ids[1]}: `harvest import {done}` adds it to the data")
     elif args.command == "reject":
         if not args.ids:
             raise UserError("reject which? give feedback ids (see: harvest list)")
