@@ -39,7 +39,9 @@ DOCKER_PARAMS = {
     "quantize": {"calibration_images": 8, "min_agreement": 0.0},
     "publish": {"max_batch_size": 8},
     # a one-epoch model on a dozen gate images: let the gate pass it (tested in test_rollout)
-    "lifecycle": {"gate": {"min_images": 1, "min_class_images": 1, "margin": 1.0}},
+    "lifecycle": {
+        "gate": {"min_images": 1, "min_class_images": 1, "margin": 1.0, "class_margin": 1.0}
+    },
 }
 
 
@@ -280,8 +282,7 @@ def test_the_train_profile_publishes_a_candidate_promoted_and_rolled_back_live(s
     """The train profile (`dvc repro` in the training image, as model-init ran it with the
     training) publishes version 2 as a candidate, shadowed on live traffic; modelctl promotes it
     (every answer then comes from version 2) and rolls it back, Triton untouched. What changes is
-    the drift reference's quantile: only `reference` and `publish` run again (the training in the
-    container is model-init's, above), and publish makes a new version of every variant."""
+    the drift reference's quantile; publish makes a new version of every variant."""
     before = _answer(_predict_readme_image(stack))
     assert before["model"]["version"] == "1"
     started = _inspect(stack, "triton")["State"]["StartedAt"]

@@ -102,7 +102,9 @@ def test_two_worker_processes_train_one_model(tiny_project, tmp_path):
         for p in procs:
             p.kill()
     for index, (proc, out) in enumerate(zip(procs, outputs, strict=True)):
-        assert proc.returncode == 0, out[-3000:]
+        assert proc.returncode == 0, f"worker {index} failed; the other worker's end:\n" + (
+            f"{outputs[1 - index][-2500:]}\n--- worker {index}:\n{out[-2500:]}"
+        )
         assert f"2 replicas on 2 workers (MultiWorkerMirroredStrategy, worker {index})" in out
     # gradients and metrics are all-reduced: both workers see the same global numbers
     lines = [epoch_lines(out) for out in outputs]
@@ -112,6 +114,7 @@ def test_two_worker_processes_train_one_model(tiny_project, tmp_path):
     assert "saved to" not in outputs[1]
     assert sorted(p.name for p in (project / "artifacts").iterdir()) == [
         "dvclive",
+        "init.json",
         "model.keras",
         "prepared",
     ]

@@ -54,6 +54,7 @@ from .warmstart import parse_init, record, serving_source, warm_start  # noqa: E
 
 CACHES = ("none", "file", "memory")
 POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # train.mixed_precision
+HEARTBEAT_TIMEOUT_S = 120  # a starved worker is still alive (see _tolerate_busy_workers)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # a CPU that computes bfloat16 natively
 
 
@@ -118,10 +119,35 @@ def distribution_strategy() -> tf.distribute.Strategy:
     GPU when there are several, else the default one-device strategy."""
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     if sum(len(tasks) for tasks in cluster.values()) > 1:
+        _tolerate_busy_workers(cluster)
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _tolerate_busy_workers(cluster: dict[str, list[str]]) -> None:
+    """Let a worker go ``HEARTBEAT_TIMEOUT_S`` without a heartbeat before the cluster calls it dead.
+
+    TensorFlow's coordination service declares a task crashed after 10 s of silence and aborts
+    every collective. A worker on a CPU shared with other jobs (two processes on two cores, a
+    busy Kubernetes node) can be starved that long while still healthy, and the whole run is lost.
+    The strategy configures the service only when nothing has (the same jobs and leader as it
+    would choose), so this sets it first with a longer timeout; a worker that really died is
+    still detected, later."""
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    spec = tf.train.ClusterSpec(cluster)
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]  # fmt: skip
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000,
+    )
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
