@@ -22,10 +22,22 @@ class Answer:
 
 
 class Load:
-    """16 closed-loop clients posting the given images until stopped (at most ``limit`` s)."""
+    """16 closed-loop clients posting the given images until stopped (at most ``limit`` s).
 
-    def __init__(self, url: str, payloads: list[bytes], clients: int = 16, limit: float = 240):
-        self.url, self.payloads, self.limit = url, payloads, limit
+    Each client waits ``pause`` s between its answer and its next request (a user's think time):
+    16 clients without it keep both cores busy for the whole test, starving the other pytest
+    worker, while every check here needs answers at each step, not the most answers per second.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        payloads: list[bytes],
+        clients: int = 16,
+        limit: float = 240,
+        pause: float = 0.1,
+    ):
+        self.url, self.payloads, self.limit, self.pause = url, payloads, limit, pause
         self.answers: list[Answer] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
@@ -44,6 +56,7 @@ class Load:
                     body, status, retry = {}, -1, None
                 self.answers.append(Answer(sent, time.monotonic(), status, k, body, retry))
                 i += 1
+                self.stop.wait(self.pause)
 
     def __enter__(self) -> Load:
         for t in self.threads:
