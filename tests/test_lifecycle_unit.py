@@ -266,6 +266,19 @@ def test_a_failing_candidate_fails_its_guard(candidate, guard):
     assert [g.name for g in h.failed] == [guard], h.line()
 
 
+def test_latency_is_judged_on_canary_answers_not_on_background_shadow_calls():
+    def p99(role: str) -> live.Guard:
+        t = Traffic()
+        t.calls("1", "serving", 500)
+        t.calls("2", role, 60, seconds=0.4)  # 20 times the serving version's
+        return next(g for g in live.health(t.read(), "m", 1, 2, GUARDS).guards
+                    if g.name == "p99")  # fmt: skip
+
+    assert p99("canary").ok is False
+    shadow = p99("shadow")
+    assert shadow.ok is True and "background" in shadow.value, shadow
+
+
 def test_agreement_catches_a_broken_candidate_but_not_a_correct_disagreement():
     def agreement(agree: int, total: int):
         t = Traffic()
