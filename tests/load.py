@@ -3,6 +3,7 @@ kept (when it was sent, its status, which image, its body) for the test to check
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections import Counter
@@ -43,10 +44,13 @@ class Load:
         self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
 
     def _client(self, worker: int) -> None:
-        deadline, i = time.monotonic() + self.limit, worker
+        """Each request an image drawn at random (seeded per client): 16 clients walking the list
+        in step would send the same few images for seconds, and a short window of a roll-out
+        step would judge those alone."""
+        deadline, draw = time.monotonic() + self.limit, random.Random(worker)
         with requests.Session() as http:
             while not self.stop.is_set() and time.monotonic() < deadline:
-                k = i % len(self.payloads)
+                k = draw.randrange(len(self.payloads))
                 sent = time.monotonic()
                 try:
                     resp = http.post(self.url, files={"image": self.payloads[k]}, timeout=30)
@@ -55,7 +59,6 @@ class Load:
                 except (requests.RequestException, ValueError):
                     body, status, retry = {}, -1, None
                 self.answers.append(Answer(sent, time.monotonic(), status, k, body, retry))
-                i += 1
                 self.stop.wait(self.pause)
 
     def __enter__(self) -> Load:

@@ -155,7 +155,7 @@ def _wait_for_step(repo: Path, proc, step: str, nth: int, timeout: float = 120) 
     target = _events(repo).count(step) + nth
     deadline = time.monotonic() + timeout
     while _events(repo).count(step) < target:
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, "rollout ended early:\n" + "\n".join(proc.communicate())
         assert time.monotonic() < deadline, f"no {step!r} step within {timeout} s"
         time.sleep(0.05)
 
