@@ -19,7 +19,7 @@ UP_ARGS ?=  # e.g. --http-port 9000 --api-port 5001 (python -m local_stack --hel
 CAPTURE_DIR ?= $(CURDIR)/.capture
 
 .PHONY: install data model up test test-fast test-integration lint format bench bench-pipeline compare search chart clean help \
-	status gate rollout canary shadow promote rollback bench-lifecycle lock feedback harvest pointing bench-explain \
+	status gate rollout canary shadow promote rollback bench-lifecycle lock feedback label harvest pointing bench-explain \
 	classify bench-batch
 
 help:
@@ -36,6 +36,7 @@ help:
 	@echo "make rollback TO=N: drop the candidate, or serve the previous version again"
 	@echo "make feedback   the users' corrections waiting in CAPTURE_DIR (default .capture/)"
 	@echo "make harvest    add them to data/raw (IDS=\"id ...\" for some; then make model)"
+	@echo "make label     ID=… LABEL=…: the class of an input the two versions disagreed on"
 	@echo "make pointing   how well the served model's explanations point at the demo shapes (POINTING_ARGS=--label-shuffled: + a shuffled-label control, minutes)"
 	@echo "make bench   benchmark (slow; see README)"
 	@echo "make bench-pipeline  prepare/train memory and speed at two dataset sizes (~7 min)"
@@ -88,6 +89,11 @@ feedback: $(STAMP)
 
 harvest: $(STAMP)
 	@$(HARVEST) import $(if $(IDS),$(IDS),--all)
+
+# An input the candidate and the serving version disagreed on (listed first by make feedback):
+# its true class, after which make harvest takes it like any correction.
+label: $(STAMP)
+	@$(HARVEST) label $(ID) $(LABEL)
 
 # The explanations' quality on the demo data (README "Explanations"): the pointing game.
 MODEL_FILE ?= artifacts/model.onnx

@@ -152,6 +152,10 @@ def test_a_canary_share_is_a_value_applied_by_a_hook_job():
     (container,) = pod["containers"]
     assert container["args"][1:] == ["lifecycle", "canary", "3", "--percent=25"]
     assert "python -m imgcls.lifecycle" in container["args"][0]
+    shadow = chartcheck.render(sets=[*LIFECYCLE, "lifecycle.action=shadow"])
+    (job,) = [m for m in shadow if m["kind"] == "Job"]
+    # no share given: the command's own default (params.yaml shadow_percent, as make shadow)
+    assert job["spec"]["template"]["spec"]["containers"][0]["args"][1:] == ["lifecycle", "shadow"]
     env = {e["name"]: e for e in container["env"]}
     assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "imgcls-admin"
     assert env["TRITON_URL"]["value"] == "test-imgcls-triton:8000"
