@@ -1,0 +1,160 @@
+"""The docs name only what exists: every ``python -m`` module, ``make`` target, API route,
+``params.yaml`` key and ``#anchor`` link in README.md and docs/*.md (fast tier, no server).
+
+A renamed module or target used to live on in the docs for weeks (``model_preparation.bootstrap``
+after it moved under ``tools/``); these checks fail the change that renames it instead."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.builds import REPO
+
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+SPAN = re.compile(r"`([^`\n]+)`")
+FILE_SUFFIX = re.compile(r"\.(py|ya?ml|json|jsonl|md|png|csv|txt|onnx|keras|npz|lock|dvc|pbtxt)$")
+
+
+def _code(text: str) -> list[str]:
+    """What the doc writes as code: fenced blocks and inline spans (prose may say "make sure")."""
+    return [*FENCE.findall(text), *SPAN.findall(FENCE.sub("", text))]
+
+
+def _named(pattern: str) -> list[tuple[str, str]]:
+    """(doc, name) for every match of ``pattern``'s first group in the docs' code."""
+    rx = re.compile(pattern)
+    return [(doc.relative_to(REPO).as_posix(), m.group(1))
+            for doc in DOCS for code in _code(doc.read_text("utf-8"))
+            for m in rx.finditer(code)]  # fmt: skip
+
+
+@cache
+def make_targets() -> set[str]:
+    targets = set()
+    for line in (REPO / "Makefile").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\- ]+):(?!=)", line)
+        if m:
+            targets.update(m.group(1).split())
+    return targets
+
+
+def test_every_make_target_named_exists():
+    missing = {(doc, t) for doc, t in _named(r"\bmake ([a-z][\w-]*)") if t not in make_targets()}
+    assert not missing, f"make targets the docs name but the Makefile lacks: {sorted(missing)}"
+
+
+def test_every_python_module_named_exists():
+    missing = set()
+    for doc, module in _named(r"python3? -m ([A-Za-z_][\w.]*\w)"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            missing.add((doc, module))
+    assert not missing, f"modules the docs run but nothing provides: {sorted(missing)}"
+
+
+@cache
+def params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@cache
+def helm_values() -> dict:
+    return yaml.safe_load((REPO / "deploy/helm/imgcls/values.yaml").read_text())
+
+
+def _has_key(path: list[str]) -> bool:
+    """In params.yaml, or in the Helm chart's values (``lifecycle.action`` is the chart's)."""
+    return any(_in(tree, path) for tree in (params(), helm_values()))
+
+
+def _in(node: dict, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_params_key_named_exists():
+    """``section.key`` (and deeper) where ``section`` is one of params.yaml's sections, in
+    params.yaml or in the Helm values (several sections share a name with the chart's)."""
+    missing = set()
+    for doc, name in _named(r"(?<![\w./-])([a-z_]+(?:\.[a-z_0-9*]+)+)(?![\w/(-])"):
+        parts = name.split(".")
+        if parts[0] not in params() or FILE_SUFFIX.search(name) or "*" in name:
+            continue
+        if not _has_key(parts):
+            missing.add((doc, name))
+    assert not missing, f"settings the docs name but params.yaml and Helm lack: {sorted(missing)}"
+
+
+def _routes() -> set[str]:
+    from imgcls_api import create_app
+
+    app = create_app({"triton_url": "127.0.0.1:1"})
+    return {re.sub(r"<[^>]+>", "{}", rule.rule) for rule in app.url_map.iter_rules()}
+
+
+def test_every_api_route_named_exists():
+    """``GET /path`` or ``POST /path`` as code, and the curl commands' localhost:5000 paths."""
+    routes = _routes()
+    named = _named(r"\b(?:GET|POST|PUT|DELETE) (/[\w/{}<>.-]*)") + _named(
+        r"localhost:5000(/[\w/.-]*)"
+    )
+    missing = set()
+    for doc, path in named:
+        path = re.sub(r"<[^>]+>|\{[^}]+\}", "{}", path.rstrip("/.") or "/")
+        if path.startswith("/v2/"):  # Triton's own API, not ours
+            continue
+        if path not in routes:
+            missing.add((doc, path))
+    assert not missing, f"routes the docs name but the API lacks: {sorted(missing)}"
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, markup and punctuation dropped, spaces → -."""
+    text = re.sub(r"`|\*\*|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+@cache
+def anchors(doc: Path) -> set[str]:
+    seen: dict[str, int] = {}
+    out = set()
+    for m in re.finditer(r"^#+ (.+)$", FENCE.sub("", doc.read_text("utf-8")), re.M):
+        base = slug(m.group(1))
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        out.add(base if n == 0 else f"{base}-{n}")
+    return out
+
+
+def test_slug_is_githubs():
+    assert slug("Changing the model in production") == "changing-the-model-in-production"
+    assert slug("Without Docker (`make up`)") == "without-docker-make-up"
+    assert slug("What it looked like (the demo, 2026-12-01, this 2-core machine)") == (
+        "what-it-looked-like-the-demo-2026-12-01-this-2-core-machine"
+    )
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_every_anchor_link_resolves(doc: Path):
+    broken = []
+    text = FENCE.sub("", doc.read_text("utf-8"))
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", text):
+        if target.startswith("http"):
+            continue
+        linked = (doc.parent / target).resolve() if target else doc
+        if not linked.is_file() or anchor not in anchors(linked):
+            broken.append(f"{target}#{anchor}")
+    assert not broken, f"{doc.name}: links to anchors that do not exist: {broken}"
