@@ -50,6 +50,21 @@ TINY_PARAMS = {
     "export": {"parity_samples": 8},
     "quantize": {"calibration_images": 64, "min_agreement": 0.8},
     "publish": {"max_batch_size": 16},
+    # one severity per shift (two for scale): the stage's cost is mostly FP32 inference
+    "shift": {
+        "shifts": {
+            "scale": [0.5, 0.35],
+            "crop": [0.7],
+            "translate": [0.2],
+            "rotate": [30],
+            "aspect": [2.0],
+            "noise": [16],
+            "blur": [1.0],
+            "jpeg": [25],
+            "brightness": [0.5],
+            "contrast": [0.4],
+        }
+    },
     "compare": {"optimizers": ["adam", "sgd"], "seeds": [1], "epochs": 2, "steps_per_epoch": 3},
 }
 

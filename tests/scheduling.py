@@ -27,7 +27,8 @@ GROUPED = {
 TINY = {"tiny_project", "model_repository", "triton", "api", "captured_api"}
 # the longest tests that need the tiny project, first among those (seconds on 2 cores)
 # (the ones that need the shared controls first: their builds then start early, beside others)
-LONG_FIRST = ("test_explain.py", "test_rollout.py", "test_pipeline.py", "test_experiments.py",
+LONG_FIRST = ("test_explain.py", "test_rollout.py", "test_shift.py", "test_pipeline.py",
+              "test_experiments.py",
               "test_bench.py", "test_train_scale.py", "test_lifecycle.py")  # fmt: skip
 
 

@@ -100,6 +100,32 @@ def letterbox_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def decode_image(
+    source: bytes | str | Path,
+    size: int | tuple[int, int],
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Image.Image:
+    """Decode, EXIF-orient and convert one image file to an RGB picture, decoded for a model
+    input of ``size`` (what :func:`load_image` letterboxes; the shift suite changes it first).
+
+    Raises :class:`ImageError` with a stable ``code`` for anything that is not a readable image.
+    """
+    data = Path(source).read_bytes() if isinstance(source, str | Path) else source
+    img = open_image(data, max_pixels)
+    try:
+        if img.format == "JPEG":
+            # Decode at a reduced DCT scale when the image is much larger than the target: same
+            # pixels in pipeline and API (both call this), several times faster on photos.
+            side = max(_as_size(size))
+            img.draft("RGB", (side, side))
+        img.load()
+        return to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError("corrupt_image", f"the image data is corrupt or truncated: {exc}") from exc
+
+
 def load_image(
     source: bytes | str | Path,
     size: int | tuple[int, int],
@@ -109,19 +135,9 @@ def load_image(
 
     Raises :class:`ImageError` with a stable ``code`` for anything that is not a readable image.
     """
-    data = Path(source).read_bytes() if isinstance(source, str | Path) else source
-    img = open_image(data, max_pixels)
-    target = _as_size(size)
+    picture = decode_image(source, size, max_pixels)
     try:
-        if img.format == "JPEG":
-            # Decode at a reduced DCT scale when the image is much larger than the target: same
-            # pixels in pipeline and API (both call this), several times faster on photos.
-            side = max(target)
-            img.draft("RGB", (side, side))
-        img.load()
-        return letterbox_image(to_rgb(img), target)
-    except ImageError:
-        raise
+        return letterbox_image(picture, _as_size(size))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("corrupt_image", f"the image data is corrupt or truncated: {exc}") from exc
 

@@ -56,6 +56,10 @@ ROBUSTNESS_REPORT = REPORTS / "robustness.json"
 ROBUSTNESS_CURVE = REPORTS / "robustness.csv"
 ROBUSTNESS_PLOT = REPORTS / "robustness.png"
 ROBUSTNESS_ATTENTION = REPORTS / "robustness_attention.png"  # where attacks moved the maps
+SHIFT_REPORT = REPORTS / "shift.json"
+SHIFT_CURVE = REPORTS / "shift.csv"
+SHIFT_PLOT = REPORTS / "shift.png"
+SHIFT_WORST = REPORTS / "shift_worst.png"  # the most confident wrong answers under shift
 OPTIMIZERS = ("adam", "sgd", "adagrad", "adasmooth")  # train.optimizer
 
 

@@ -54,8 +54,29 @@ def make_optimizer(params: TrainParams, policy: str) -> keras.optimizers.Optimiz
     return optimizer
 
 
+class RandomNoise(keras.layers.Layer):
+    """Gaussian noise of a random σ per image, between 0 and ``max_sigma`` (pixel units): a
+    model that sees clean and noisy images alike (Keras' GaussianNoise adds one σ to all)."""
+
+    def __init__(self, max_sigma: float, seed: int | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.max_sigma = max_sigma
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, images, training: bool = True):
+        if not training:
+            return images
+        shape = keras.ops.shape(images)
+        sigma = keras.random.uniform((shape[0], 1, 1, 1), 0.0, self.max_sigma,
+                                     seed=self.seed_generator)  # fmt: skip
+        noise = keras.random.normal(shape, seed=self.seed_generator)
+        return keras.ops.clip(images + sigma * noise, 0.0, 255.0)
+
+
 def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
-    """Flip / rotation / contrast, used on the training batches only, each seeded."""
+    """``train.augment``'s random changes, used on the training batches only, each seeded: the
+    geometry first (flip, rotation, zoom, translation: uncovered canvas mirrors the picture),
+    then the pixels (contrast, brightness, blur, noise)."""
     layers = []
     if params.flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
@@ -63,6 +84,18 @@ def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
         layers.append(
             keras.layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed + 1)
         )
+    if params.zoom_out or params.zoom_in:
+        layers.append(keras.layers.RandomZoom((-params.zoom_in, params.zoom_out), seed=seed + 3))
+    if params.translate:
+        layers.append(keras.layers.RandomTranslation(params.translate, params.translate,
+                                                     seed=seed + 4))  # fmt: skip
     if params.contrast:
         layers.append(keras.layers.RandomContrast(params.contrast, seed=seed + 2))
-    return keras.Sequential(layers, name="augmentation")
+    if params.brightness:
+        layers.append(keras.layers.RandomBrightness(params.brightness, seed=seed + 5))
+    if params.blur:
+        layers.append(keras.layers.RandomGaussianBlur((0.5, 0.5), kernel_size=5,
+                                                      sigma=(0.0, params.blur), seed=seed + 6))  # fmt: skip
+    if params.noise:
+        layers.append(RandomNoise(params.noise, seed=seed + 7))
+    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")

@@ -70,6 +70,18 @@ def load_arrays(prepared: Path, split: str, image_size: int):
     return np.stack(images), np.asarray(labels, dtype=np.int32)
 
 
+def read_sources(prepared: Path, split: str) -> list[tuple[Path, int]]:
+    """The (source file, label) of every record of a split, in file order: the files the prepare
+    stage read (paths relative to the project, as it was given them)."""
+    features = {"path": tf.io.FixedLenFeature([], tf.string),
+                "label": tf.io.FixedLenFeature([], tf.int64)}  # fmt: skip
+    out = []
+    for record in tf.data.TFRecordDataset(split_files(prepared, split)).as_numpy_iterator():
+        ex = tf.io.parse_single_example(record, features)
+        out.append((Path(ex["path"].numpy().decode()), int(ex["label"].numpy())))
+    return out
+
+
 def cached(ds: tf.data.Dataset, mode: str, cache_dir: Path, name: str) -> tf.data.Dataset:
     if mode == "memory":
         return ds.cache()

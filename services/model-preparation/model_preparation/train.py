@@ -60,9 +60,25 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # a CPU that computes bfloat16 nat
 
 @dataclass(frozen=True)
 class AugmentParams:
+    """params.yaml ``train.augment``: each a random change per training image, 0 = off."""
+
     flip: bool
-    rotation: float  # fraction of a full turn; 0 = off
-    contrast: float  # 0 = off
+    rotation: float  # fraction of a full turn
+    contrast: float  # up to this factor away from 1
+    zoom_out: float  # the picture shrunk to 1 / (1 + up to this): the object smaller
+    zoom_in: float  # up to this share cropped away: the object larger
+    translate: float  # moved by up to this share of each side
+    noise: float  # Gaussian noise, σ up to this (pixel units)
+    blur: float  # Gaussian blur of half the images, σ up to this (pixels)
+    brightness: float  # up to this share of the range lighter or darker
+
+    def __post_init__(self) -> None:
+        bounds = {"rotation": 1.0, "contrast": 1.0, "zoom_out": 1.0, "zoom_in": 0.9,
+                  "translate": 0.5, "noise": 128.0, "blur": 8.0, "brightness": 1.0}  # fmt: skip
+        for name, high in bounds.items():
+            value = getattr(self, name)
+            if not 0 <= value <= high:
+                raise PipelineError(f"train.augment.{name}: {value!r} is out of range 0–{high:g}")
 
 
 @dataclass(frozen=True)

@@ -115,13 +115,17 @@ def ensure_data() -> None:
     _dvc("add", "-q", "data")
 
 
+def stages() -> list[str]:
+    """The stages of dvc.yaml, in its order (the order `dvc repro` runs them here)."""
+    import yaml
+
+    return list(yaml.safe_load(Path("dvc.yaml").read_text(encoding="utf-8"))["stages"])
+
+
 def build() -> None:
     """The pipeline, then record the served files in model.dvc (see README "versioning")."""
     ensure_data()
-    say(
-        f"running the pipeline: prepare → train → export → evaluate → quantize → robustness → reference → publish "
-        f"({_estimate()}; one line per epoch)"
-    )
+    say(f"running the pipeline: {' → '.join(stages())} ({_estimate()}; one line per epoch)")
     started = time.monotonic()
     _dvc("repro")
     _dvc("commit", "-q", "-f", "model.dvc")
