@@ -61,3 +61,17 @@ def test_zoom_out_makes_the_object_smaller_and_the_same_seed_repeats():
     area = (images()[..., 0] > 130).sum(axis=(1, 2))
     assert ((out[..., 0] > 130).sum(axis=(1, 2)) < area).mean() >= 0.75  # most images shrank
     np.testing.assert_allclose(augment(params), out)  # seeded: the run is reproducible
+
+
+def test_every_setting_works_under_the_mixed_precision_policies_and_stays_float32():
+    """train.mixed_precision sets Keras' global policy before the augmenter is built."""
+    import keras
+
+    params = settings(flip=True, **STRONG)
+    try:
+        for policy in ("mixed_bfloat16", "mixed_float16"):
+            keras.mixed_precision.set_global_policy(policy)
+            out = augment(params)
+            assert out.dtype == np.float32 and out.shape == images().shape, policy
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -76,26 +76,29 @@ class RandomNoise(keras.layers.Layer):
 def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
     """``train.augment``'s random changes, used on the training batches only, each seeded: the
     geometry first (flip, rotation, zoom, translation: uncovered canvas mirrors the picture),
-    then the pixels (contrast, brightness, blur, noise)."""
+    then the pixels (contrast, brightness, blur, noise). Pixels stay float32 whatever
+    ``train.mixed_precision`` says: the model's policy is for the model."""
+    f32 = {"dtype": "float32"}
     layers = []
     if params.flip:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
+        layers.append(keras.layers.RandomFlip("horizontal", seed=seed, **f32))
     if params.rotation:
-        layers.append(
-            keras.layers.RandomRotation(params.rotation, fill_mode="constant", seed=seed + 1)
-        )
+        layers.append(keras.layers.RandomRotation(params.rotation, fill_mode="constant",
+                                                  seed=seed + 1, **f32))  # fmt: skip
     if params.zoom_out or params.zoom_in:
-        layers.append(keras.layers.RandomZoom((-params.zoom_in, params.zoom_out), seed=seed + 3))
+        layers.append(keras.layers.RandomZoom((-params.zoom_in, params.zoom_out), seed=seed + 3,
+                                              **f32))  # fmt: skip
     if params.translate:
         layers.append(keras.layers.RandomTranslation(params.translate, params.translate,
-                                                     seed=seed + 4))  # fmt: skip
+                                                     seed=seed + 4, **f32))  # fmt: skip
     if params.contrast:
-        layers.append(keras.layers.RandomContrast(params.contrast, seed=seed + 2))
+        layers.append(keras.layers.RandomContrast(params.contrast, seed=seed + 2, **f32))
     if params.brightness:
-        layers.append(keras.layers.RandomBrightness(params.brightness, seed=seed + 5))
+        layers.append(keras.layers.RandomBrightness(params.brightness, seed=seed + 5, **f32))
     if params.blur:
         layers.append(keras.layers.RandomGaussianBlur((0.5, 0.5), kernel_size=5,
-                                                      sigma=(0.0, params.blur), seed=seed + 6))  # fmt: skip
+                                                      sigma=(0.0, params.blur), seed=seed + 6,
+                                                      **f32))  # fmt: skip
     if params.noise:
-        layers.append(RandomNoise(params.noise, seed=seed + 7))
-    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")
+        layers.append(RandomNoise(params.noise, seed=seed + 7, **f32))
+    return keras.Sequential(layers or [keras.layers.Identity(**f32)], name="augmentation")
