@@ -68,7 +68,12 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
             assert "shim_ms" in r and ("api_path_ms" in r) == decodes, r
         if "shim_ms" in r:  # the path by process adds up to the path (reads a moment apart)
             parts = r["triton_ms"] + r["shim_ms"] + (r["api_path_ms"] if decodes else 0)
-            assert parts == pytest.approx(r["path_ms"], abs=1.0), r
+            # The per-process and the total CPU are two reads, at each end of the window, while
+            # the servers are under load: on a busy 2-core machine the bench may wait ~75 ms
+            # between them (both cores' CPU, 150 ms in all). Per image that is within 1 ms on a
+            # full row, not on a quick row of 66 images (1.36 ms apart once, 2026-12-03).
+            slack = max(1.0, 150.0 / r["images"])
+            assert parts == pytest.approx(r["path_ms"], abs=slack), r
     assert bench["targets"]["api_over_baseline"] > 0
     targets = bench["targets"]  # quick runs reach c2: each precision's API row against FP32's
     assert targets["fastest_variant_c2"] in {"fp32", "int8", "bf16"}

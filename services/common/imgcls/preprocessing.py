@@ -87,12 +87,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+def fitted_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) of the picture once resized, aspect kept, to fit ``size`` (h, w)."""
+    height, width = size
+    scale = min(width / img.width, height / img.height)
+    return (max(1, min(width, round(img.width * scale))),
+            max(1, min(height, round(img.height * scale))))  # fmt: skip
+
+
 def letterbox_image(img: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """Resize keeping aspect ratio so the image fits ``size``, then centre it on a pad canvas."""
     height, width = size
-    scale = min(width / img.width, height / img.height)
-    new_w = max(1, min(width, round(img.width * scale)))
-    new_h = max(1, min(height, round(img.height * scale)))
+    new_w, new_h = fitted_size(img, size)
     if (new_w, new_h) != img.size:
         img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
     canvas = Image.new("RGB", (width, height), (PAD_VALUE,) * 3)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from imgcls.preprocessing import ImageError, decode_image, letterbox_image
+from imgcls.preprocessing import ImageError, decode_image, fitted_size, letterbox_image
 
 from .common import (
     INT8_MODEL,
@@ -184,13 +184,6 @@ class ShiftParams:
                                 "worst_cases at least 0")  # fmt: skip
 
 
-def fitted_size(img: Image.Image, size: int) -> tuple[int, int]:
-    """(w, h) the letterbox gives the picture inside a ``size`` square (imgcls.preprocessing)."""
-    scale = min(size / img.width, size / img.height)
-    return (max(1, min(size, round(img.width * scale))),
-            max(1, min(size, round(img.height * scale))))  # fmt: skip
-
-
 def shifted(img: Image.Image, name: str, severity: float, size: int,
             rng: np.random.Generator) -> np.ndarray:  # fmt: skip
     """The model input for ``img`` under one shift: ``size``² uint8 pixels, letterboxed by the
@@ -198,7 +191,7 @@ def shifted(img: Image.Image, name: str, severity: float, size: int,
     shift = SHIFTS[name]
     if not shift.pixels:
         return letterbox_image(shift.apply(img, severity, rng), (size, size))
-    fitted = img.resize(fitted_size(img, size), Image.Resampling.BILINEAR)
+    fitted = img.resize(fitted_size(img, (size, size)), Image.Resampling.BILINEAR)
     return letterbox_image(shift.apply(fitted, severity, rng), (size, size))
 
 
