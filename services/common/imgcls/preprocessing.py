@@ -141,11 +141,7 @@ def load_image(
 
     Raises :class:`ImageError` with a stable ``code`` for anything that is not a readable image.
     """
-    picture = decode_image(source, size, max_pixels)
-    try:
-        return letterbox_image(picture, _as_size(size))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError("corrupt_image", f"the image data is corrupt or truncated: {exc}") from exc
+    return letterbox_image(decode_image(source, size, max_pixels), _as_size(size))
 
 
 def letterbox_array(pixels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

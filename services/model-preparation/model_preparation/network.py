@@ -75,7 +75,8 @@ class RandomNoise(keras.layers.Layer):
 
 def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
     """``train.augment``'s random changes, used on the training batches only, each seeded: the
-    geometry first (flip, rotation, zoom, translation: uncovered canvas mirrors the picture),
+    geometry first (flip; rotation, its corners black; zoom and translation, the uncovered
+    canvas mirroring the picture),
     then the pixels (contrast, brightness, blur, noise). Pixels stay float32 whatever
     ``train.mixed_precision`` says: the model's policy is for the model."""
     f32 = {"dtype": "float32"}
