@@ -106,11 +106,14 @@ class InMemoryGateway:
     Serves the default ``MODELS`` (FP32, INT8, BF16). Probabilities are a
     deterministic function of each image's mean colour, so a test can tell which image produced
     which result; so is the drift score (mean brightness / 100, threshold 1: a bright image is
-    unfamiliar). Tests that claim to test Triton use the real one.
+    unfamiliar), and the unknown-class score (2 minus the spread of the channel means / 64,
+    threshold 1: a grey image is of no class it knows). Tests that claim to test Triton use the
+    real one.
     """
 
     def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4,
-                 drift_threshold: float | None = 1.0):  # fmt: skip
+                 drift_threshold: float | None = 1.0,
+                 unknown_threshold: float | None = 1.0):  # fmt: skip
         from imgcls.contract import DEFAULT_MODELS
         from imgcls_api.triton import ModelInfo
 
@@ -127,6 +130,7 @@ class InMemoryGateway:
                 max_batch_size=max_batch_size,
                 fetched_at=0.0,
                 drift_threshold=drift_threshold,
+                unknown_threshold=unknown_threshold,
             )
             for name in DEFAULT_MODELS
         }
@@ -170,7 +174,10 @@ class InMemoryGateway:
         exp = np.exp((logits - logits.max(axis=1, keepdims=True)) / 32.0)
         probs = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
         drift = images.reshape(len(images), -1).mean(axis=1).astype(np.float32) / 100
-        return Outputs(probs, drift if info.drift_threshold is not None else None), info
+        channels = images.reshape(len(images), -1, 3).mean(axis=1)
+        unknown = (2.0 - np.ptp(channels, axis=1) / 64).astype(np.float32)
+        return Outputs(probs, drift if info.drift_threshold is not None else None,
+                       unknown if info.unknown_threshold is not None else None), info  # fmt: skip
 
 
 @pytest.fixture()

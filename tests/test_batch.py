@@ -80,7 +80,9 @@ def test_every_file_gets_the_served_models_answer_or_an_error_code(triton, tiny_
     accuracy = np.mean([images[p]["label"] == Path(p).parent.name for p in paths])
     assert accuracy > 0.6, accuracy  # three classes: chance is 1/3
     assert all(r["model"] == "resnet50v2" and len(r["sha256"]) == 64 for r in images.values())
-    assert all(r["drift"] is not None for r in images.values())
+    assert all(r["drift"] is not None and r["unknown"] is not None for r in images.values())
+    assert all(isinstance(r["familiar"], bool) and isinstance(r["known_class"], bool)
+               for r in images.values())  # fmt: skip
 
 
 def test_int8_is_a_flag_away(triton, archive, tmp_path):

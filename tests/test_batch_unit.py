@@ -158,6 +158,10 @@ def test_each_file_becomes_one_row_and_bad_ones_carry_a_code(gateway):
     assert len(top) == 2 and top[0]["label"] == "circle"
     assert top[0]["probability"] == pytest.approx(rows["red.png"]["probability"], abs=1e-6)
     assert rows["red.png"]["version"] == "1" and rows["red.png"]["drift"] is not None
+    red = rows["red.png"]  # the stand-in's scores: drift 0.83 (familiar), unknown −1.9 (known)
+    assert red["familiar"] is True and red["known_class"] is True
+    assert red["unknown"] == pytest.approx(2.0 - 250 / 64, abs=1e-4)
+    assert rows["bad.gif"]["unknown"] is None and rows["bad.gif"]["known_class"] is None
     assert [len(b) for b in gateway.batches] == [2]  # only the decodable images were sent
 
 

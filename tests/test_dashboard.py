@@ -41,7 +41,8 @@ def test_every_api_metric_the_dashboard_queries_exists():
 def test_the_dashboard_has_the_panels_people_need():
     titles = [p["title"] for p in DASHBOARD["panels"]]
     for needed in ("Throughput", "Latency of /predict", "Errors", "Predicted classes",
-                   "Confidence", "Input drift", "Unfamiliar inputs", "Triton"):  # fmt: skip
+                   "Confidence", "Input drift", "Unfamiliar inputs", "Unknown-class inputs",
+                   "Triton"):  # fmt: skip
         assert needed in titles
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(titles)
     cells = set()

@@ -86,6 +86,43 @@ def test_answers_say_whether_the_input_looks_like_the_training_data(client):
     assert d["request_id"] == dark.headers["X-Request-ID"]
 
 
+def _rgb_png(rgb: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), rgb).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_answers_say_whether_the_input_is_a_class_the_model_knows(client):
+    """The stand-in's unknown-class score: 2 minus the spread of the channel means / 64,
+    threshold 1 (a grey image is of no class it knows, a strongly coloured one is)."""
+    grey = client.post("/predict", data={"image": (io.BytesIO(_rgb_png((90, 90, 90))), "g.png")})
+    red = client.post("/predict", data={"image": (io.BytesIO(_rgb_png((200, 10, 10))), "r.png")})
+    g, r = grey.get_json(), red.get_json()
+    assert grey.status_code == red.status_code == 200
+    assert g["known_class"] is False
+    assert g["unknown"] == {"score": pytest.approx(2.0), "threshold": 1.0, "known_class": False}
+    assert r["known_class"] is True and r["unknown"]["known_class"] is True
+    assert g["label"] and r["label"]  # flagged or not, the nearest class is still answered
+    before = _metric(client, "api_unknown_class_inputs_total")
+    client.post("/predict", data={"image": (io.BytesIO(_rgb_png((90, 90, 90))), "g.png")})
+    assert _metric(client, "api_unknown_class_inputs_total") == before + 1
+
+
+def test_explanations_carry_the_unknown_class_flag_too(client):
+    body = client.post("/explain", data={"image": (io.BytesIO(_rgb_png((90, 90, 90))), "g.png")})
+    assert body.status_code == 200
+    assert body.get_json()["known_class"] is False
+
+
+def test_no_unknown_fields_when_the_version_has_no_such_output():
+    app = create_app({})
+    app.extensions["triton"] = InMemoryGateway(unknown_threshold=None)
+    body = app.test_client().post("/predict", data={"image": (io.BytesIO(_png(20)), "d.png")})
+    assert body.status_code == 200
+    assert "known_class" not in body.get_json() and "unknown" not in body.get_json()
+    assert "familiar" in body.get_json()
+
+
 def test_no_drift_fields_when_the_version_has_no_reference():
     app = create_app({})
     app.extensions["triton"] = InMemoryGateway(drift_threshold=None)
@@ -252,6 +289,31 @@ def test_feedback_must_name_an_answered_image_and_a_known_label(tmp_path):
     assert client.post("/feedback", data="x", content_type="text/plain").status_code == 415
     assert client.post("/feedback", data="[1]", content_type="application/json").status_code == 400
     assert not list((tmp_path / "feedback").iterdir())
+
+
+def test_a_new_class_is_accepted_only_when_the_user_says_so_and_only_as_a_plain_name(tmp_path):
+    client = _app(tmp_path).test_client()
+    request_id = _answered(client, tmp_path, _png(20))
+    refused = client.post("/feedback", json={"request_id": request_id, "label": "star"})
+    assert refused.status_code == 422 and "new_class" in refused.get_json()["error"]["message"]
+    for label in ("../../etc", ".hidden", "a/b", ""):
+        bad = client.post("/feedback", json={"request_id": request_id, "label": label,
+                                             "new_class": True})  # fmt: skip
+        assert bad.status_code == 400, label
+    bad_flag = client.post("/feedback", json={"request_id": request_id, "label": "star",
+                                              "new_class": "maybe"})  # fmt: skip
+    assert bad_flag.status_code == 400
+    assert bad_flag.get_json()["error"]["code"] == "invalid_new_class"
+    assert not list((tmp_path / "feedback").iterdir())
+    ok = client.post("/feedback", data={"request_id": request_id, "label": "star",
+                                        "new_class": "true"},
+                     content_type="multipart/form-data")  # fmt: skip
+    assert ok.status_code == 201 and ok.get_json()["new_class"] is True
+    (stored,) = (tmp_path / "feedback").glob("*.json")
+    assert json.loads(stored.read_text())["label"] == "star"
+    known = client.post("/feedback", json={"request_id": request_id, "label": "circle",
+                                           "new_class": True})  # fmt: skip
+    assert known.status_code == 201 and known.get_json()["new_class"] is False
 
 
 def test_feedback_floods_get_429_with_retry_after(tmp_path):

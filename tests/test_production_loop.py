@@ -91,6 +91,65 @@ def test_every_precision_answers_with_its_drift_score(api, tiny_project, model):
     assert isinstance(body["familiar"], bool) and body["drift"]["score"] >= 0
 
 
+#: how far a variant's served unknown-class score may be from the reference stage's numpy score
+#: of that variant's own graph: FP32 and INT8 run the very graph (ONNX Runtime in Triton and
+#: here); BF16 runs the FP32 graph in OpenVINO at bfloat16, whose 8-bit mantissa moves a score
+#: of tens by a few tenths
+TOLERANCE = {"resnet50v2": (2e-3, 2e-3), "resnet50v2_int8": (2e-3, 2e-3),
+             "resnet50v2_bf16": (0.05, 0.5)}  # fmt: skip
+
+
+@pytest.mark.parametrize("model", sorted(TOLERANCE))
+def test_every_variant_serves_the_reference_stages_unknown_class_score(api, tiny_project, model):
+    """Each variant's served ``unknown`` equals the reference stage's method on that variant's
+    own graph's penultimate features and logits (the file Triton serves; BF16's is the FP32
+    graph), and its flag is the threshold's verdict."""
+    from model_preparation.reference import head_outputs
+
+    ref = Reference.load(tiny_project / "artifacts/reference.npz")
+    pixels = np.stack(
+        [load_image(p, SIZE) for p in _demo(tiny_project, 4)] + list(photos(SIZE))[:6]
+    )
+    bodies = [_predict(api, _png(x), model=model) for x in pixels]
+    served = np.array([b["unknown"]["score"] for b in bodies])
+    for b in bodies:
+        assert b["known_class"] is (b["unknown"]["score"] <= b["unknown"]["threshold"])
+        assert b["unknown"]["threshold"] == pytest.approx(ref.unknown_threshold, rel=1e-4)
+    (version,) = {b["model"]["version"] for b in bodies}
+    graph = tiny_project / "model_repository" / model / version / "model.onnx"
+    offline = ref.unknown.score(*head_outputs(graph, pixels))
+    rtol, atol = TOLERANCE[model]
+    np.testing.assert_allclose(served, offline, rtol=rtol, atol=atol)
+
+
+def test_flat_colours_and_pure_noise_are_flagged_never_answered_without_one(api):
+    """An image all of one colour, or of pure noise, is of no class and unlike the training
+    data: every answer about one carries a raised flag (``familiar`` or ``known_class`` false)."""
+    rng = np.random.default_rng(5)
+    images = [np.full((SIZE, SIZE, 3), c, np.uint8) for c in rng.integers(0, 256, (6, 3))]
+    images += [rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8) for _ in range(6)]
+    for pixels in images:
+        body = _predict(api, _png(pixels))
+        assert body["familiar"] is False or body["known_class"] is False, body
+
+
+def test_the_reference_stage_compares_every_method_on_every_set(tiny_project):
+    from model_preparation.ood import METHODS
+
+    report = json.loads((tiny_project / "artifacts/reports/ood.json").read_text())
+    assert report["served"] in METHODS
+    assert set(report["methods"]) == {*METHODS, "drift"}
+    for method, row in report["methods"].items():
+        assert {"near", "photos", "flat", "noise"} <= set(row), method
+        for name, figures in row.items():
+            assert 0.0 <= figures["auroc"] <= 1.0 and 0.0 <= figures["flagged"] <= 1.0, name
+    near = report["methods"][report["served"]]["near"]
+    assert near["images"] == 5 * 100  # the five demo shapes the tiny model was not taught
+    assert near["auroc"] == max(r["near"]["auroc"] for m, r in report["methods"].items()
+                                if m != "drift")  # fmt: skip
+    assert near["auroc"] > 0.5  # better than chance at telling a new shape from a known one
+
+
 def test_metrics_follow_known_answers(captured_api, tiny_project):
     before = _metrics(captured_api)
     answers = [_predict(captured_api, p.read_bytes()) for p in _demo(tiny_project, 3)]

@@ -304,15 +304,16 @@ def test_the_model_meets_tritons_example_image_client(triton, tiny_project):
     """What triton-inference-server/client's image_client.py checks before it classifies: one
     input of 3 dims past the batch with an NHWC/NCHW format, a vector output; then it asks for
     the top classes through the classification extension. (image_client also insists on exactly
-    one output: the drift output is a second one, ``publish.drift: false`` drops it.)"""
+    one output: the drift and unknown-class outputs are more, ``publish.drift: false`` drops
+    them.)"""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(triton.url)
     meta = client.get_model_metadata("resnet50v2")
     config = client.get_model_config("resnet50v2")
     (inp,) = meta["inputs"]
-    out, drift = meta["outputs"]
-    assert (out["name"], drift["name"]) == ("probabilities", "drift")
+    out, drift, unknown = meta["outputs"]
+    assert (out["name"], drift["name"], unknown["name"]) == ("probabilities", "drift", "unknown")
     assert config["max_batch_size"] > 0 and len(inp["shape"]) == 4
     assert config["input"][0]["format"] == "FORMAT_NHWC"
     assert sum(d > 1 for d in out["shape"][1:]) <= 1  # image_client: "expecting a vector"

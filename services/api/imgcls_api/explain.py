@@ -48,7 +48,8 @@ def _explain():
         rows = outputs[i * per_image : (i + 1) * per_image]
         probs = rows.probabilities
         drift = monitoring.familiarity(rows.drift, info.drift_threshold, per_image)[0]
-        result = result_json(probs[0], info.labels, None, drift)
+        unknown = monitoring.known_class(rows.unknown, info.unknown_threshold, per_image)[0]
+        result = result_json(probs[0], info.labels, None, drift, unknown)
         index = _class_index(info.labels, int(np.argmax(probs[0])))
         grid = occlusion.heatmap(probs[:, index])
         result["explanation"] = {

@@ -45,6 +45,13 @@ UNFAMILIAR = Counter(
 )
 
 
+UNKNOWN_CLASS = Counter(
+    "api_unknown_class_inputs_total",
+    "Inputs whose unknown-class score is above their version's threshold: of no class it knows",
+    _VERSION,
+)
+
+
 @dataclass(frozen=True)
 class Familiarity:
     """One input's drift score against the answering version's threshold."""
@@ -59,6 +66,33 @@ class Familiarity:
     def to_json(self) -> dict:
         return {"score": round(self.score, 4), "threshold": round(self.threshold, 4),
                 "familiar": self.familiar}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class KnownClass:
+    """One input's unknown-class score (penultimate features and logits, ``ood.py``) against
+    the answering version's threshold."""
+
+    score: float
+    threshold: float
+
+    @property
+    def known(self) -> bool:
+        return self.score <= self.threshold
+
+    def to_json(self) -> dict:
+        """Six significant digits: a method's scores may be of any scale (msp's are below 1)."""
+        return {"score": float(f"{self.score:.6g}"), "threshold": float(f"{self.threshold:.6g}"),
+                "known_class": self.known}  # fmt: skip
+
+
+def known_class(
+    unknown: np.ndarray | None, threshold: float | None, count: int
+) -> list[KnownClass | None]:
+    """Per input (``count`` of them); ``None`` each where the version has no unknown output."""
+    if unknown is None or threshold is None:
+        return [None] * count
+    return [KnownClass(float(s), threshold) for s in unknown]
 
 
 def familiarity(
@@ -77,6 +111,7 @@ def observe(
     probabilities: np.ndarray,
     drift: list[Familiarity | None],
     low_confidence: float,
+    unknown: list[KnownClass | None] | None = None,
 ) -> None:
     """Count the answers the user is given (not the background comparisons). The share counters
     are touched even by 0, so that a version's series exist (a share of 0, not "no data")."""
@@ -91,3 +126,6 @@ def observe(
         DRIFT.labels(model, version).observe(f.score / f.threshold if f.threshold > 0 else 0.0)
     if known:
         UNFAMILIAR.labels(model, version).inc(sum(not f.familiar for f in known))
+    scored = [u for u in unknown or [] if u is not None]
+    if scored:
+        UNKNOWN_CLASS.labels(model, version).inc(sum(not u.known for u in scored))

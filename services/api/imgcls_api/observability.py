@@ -75,6 +75,12 @@ MODEL_UNFAMILIAR = Counter(
     "Of api_model_images_total, those above the version's drift threshold",
     _MODEL,
 )
+MODEL_UNKNOWN = Counter(
+    "api_model_unknown_total",
+    "Of the images a model version answered with an unknown-class score, those above its "
+    "threshold: of no class the version knows (per version: the dashboard's unknown-class rate)",
+    _MODEL,
+)
 MIRROR_SKIPPED = Counter(
     "api_mirror_skipped_total",
     "Comparison calls not made: busy (too many in flight) or failed",

@@ -152,6 +152,7 @@ SPEC: dict = {
                                     "request_id": {"type": "string", "maxLength": 128},
                                     "label": {"type": "string"},
                                     "index": {"type": "integer", "minimum": 0, "default": 0},
+                                    "new_class": {"type": "string", "enum": ["true", "false"]},
                                     "image": {"type": "string", "format": "binary"},
                                 },
                             }
@@ -320,6 +321,21 @@ SPEC: dict = {
                         "the answering version has a drift reference)",
                     },
                     "drift": {"$ref": "#/components/schemas/Drift"},
+                    "known_class": {
+                        "type": "boolean",
+                        "description": "false: the input looks like none of the classes the "
+                        "model knows (when the answering version has an unknown-class score)",
+                    },
+                    "unknown": {"$ref": "#/components/schemas/Unknown"},
+                },
+            },
+            "Unknown": {
+                "type": "object",
+                "required": ["score", "threshold", "known_class"],
+                "properties": {
+                    "score": {"type": "number"},
+                    "threshold": {"type": "number"},
+                    "known_class": {"type": "boolean"},
                 },
             },
             "Drift": {
@@ -338,6 +354,12 @@ SPEC: dict = {
                     "request_id": {"type": "string", "maxLength": 128},
                     "label": {"type": "string"},
                     "index": {"type": "integer", "minimum": 0, "default": 0},
+                    "new_class": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "true: the label is a class the answering version does "
+                        "not know (any plain class name)",
+                    },
                     "image": {"type": "string", "format": "byte", "description": "base64 file"},
                 },
             },
@@ -350,6 +372,7 @@ SPEC: dict = {
                     "label": {"type": "string"},
                     "predicted": {"type": "string"},
                     "replaced": {"type": "boolean"},
+                    "new_class": {"type": "boolean"},
                 },
             },
             "Prediction": {

@@ -10,7 +10,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 from . import inputs, monitoring
 from .capture import Answer, CaptureStore
 from .errors import ApiError
-from .monitoring import Familiarity
+from .monitoring import Familiarity, KnownClass
 from .settings import Settings
 from .triton import ModelInfo, TritonGateway
 
@@ -131,8 +131,11 @@ def _predict():
     outputs, info = gateway.infer(batch, model)
     probs = outputs.probabilities
     drift = monitoring.familiarity(outputs.drift, info.drift_threshold, len(probs))
-    monitoring.observe(info.name, info.version, info.labels, probs, drift, settings.low_confidence)
-    results = [result_json(p, info.labels, top_k, d) for p, d in zip(probs, drift, strict=True)]
+    unknown = monitoring.known_class(outputs.unknown, info.unknown_threshold, len(probs))
+    monitoring.observe(info.name, info.version, info.labels, probs, drift,
+                       settings.low_confidence, unknown)  # fmt: skip
+    results = [result_json(p, info.labels, top_k, d, u)
+               for p, d, u in zip(probs, drift, unknown, strict=True)]  # fmt: skip
     _capture(info, results, batch)
     return answer(info, results)
 
@@ -163,7 +166,11 @@ def top_k_arg() -> int | None:
 
 
 def result_json(
-    probs: np.ndarray, labels: tuple[str, ...], top_k: int | None, drift: Familiarity | None
+    probs: np.ndarray,
+    labels: tuple[str, ...],
+    top_k: int | None,
+    drift: Familiarity | None,
+    unknown: KnownClass | None = None,
 ) -> dict:
     order = np.argsort(-probs, kind="stable")[: top_k or len(probs)]
     ranked = [{"label": labels[i], "probability": float(probs[i])} for i in order]
@@ -175,13 +182,17 @@ def result_json(
     if drift is not None:  # the version answers how unlike the training data the input is
         result["familiar"] = drift.familiar
         result["drift"] = drift.to_json()
+    if unknown is not None:  # and whether it is one of the classes the version knows
+        result["known_class"] = unknown.known
+        result["unknown"] = unknown.to_json()
     return result
 
 
 def _capture(info: ModelInfo, results: list[dict], images: np.ndarray) -> None:
     store: CaptureStore | None = current_app.extensions.get("capture")
     if store is not None:
-        kept = [{k: r[k] for k in ("label", "probability", "drift") if k in r} for r in results]
+        kept = [{k: r[k] for k in ("label", "probability", "drift", "unknown") if k in r}
+                for r in results]  # fmt: skip
         store.capture(Answer(g.request_id, info.name, info.version, info.labels, kept, images))
 
 

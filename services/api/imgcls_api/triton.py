@@ -39,7 +39,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from imgcls.contract import DRIFT_NAME
+from imgcls.contract import DRIFT_NAME, UNKNOWN_NAME
 from imgcls.repository import (
     Lifecycle,
     config_parameters,
@@ -60,6 +60,7 @@ from .observability import (
     MODEL_LATENCY,
     MODEL_REQUESTS,
     MODEL_UNFAMILIAR,
+    MODEL_UNKNOWN,
     TRITON_LATENCY,
 )
 from .settings import Settings
@@ -89,6 +90,7 @@ class ModelInfo:
     fetched_at: float
     pinned: bool = True  # False: ask Triton for its latest version (a repository not ours)
     drift_threshold: float | None = None  # the version answers DRIFT_NAME too: above, unfamiliar
+    unknown_threshold: float | None = None  # it answers UNKNOWN_NAME: above, no class it knows
 
     @property
     def size(self) -> tuple[int, int]:
@@ -101,21 +103,26 @@ class Outputs:
 
     probabilities: np.ndarray  # N × classes
     drift: np.ndarray | None = None  # N drift scores, where the version has the output
+    unknown: np.ndarray | None = None  # N unknown-class scores, where it has that output
 
     def __len__(self) -> int:
         return len(self.probabilities)
 
     def __getitem__(self, rows: slice) -> Outputs:
         drift = None if self.drift is None else self.drift[rows]
-        return Outputs(self.probabilities[rows], drift)
+        unknown = None if self.unknown is None else self.unknown[rows]
+        return Outputs(self.probabilities[rows], drift, unknown)
 
     @staticmethod
     def concatenate(parts: list[Outputs]) -> Outputs:
         if len(parts) == 1:
             return parts[0]
-        drifts = [p.drift for p in parts]
-        drift = None if any(d is None for d in drifts) else np.concatenate(drifts)
-        return Outputs(np.concatenate([p.probabilities for p in parts]), drift)
+
+        def joined(scores: list[np.ndarray | None]) -> np.ndarray | None:
+            return None if any(s is None for s in scores) else np.concatenate(scores)
+
+        return Outputs(np.concatenate([p.probabilities for p in parts]),
+                       joined([p.drift for p in parts]), joined([p.unknown for p in parts]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -285,11 +292,13 @@ class TritonGateway:
         params = config_parameters(config)
         state, labels = Lifecycle.from_parameters(params), labels_from_parameters(params)
         drift = drift_from_parameters(params)
+        unknown = drift_from_parameters(params, UNKNOWN_NAME)
         pinned = self._pinned_version(model)
 
         def remember(version: int) -> ModelInfo:
             info = _info_from_config(config, str(version), labels[version], fetched, pinned=True,
-                                     drift_threshold=drift.get(version))  # fmt: skip
+                                     drift_threshold=drift.get(version),
+                                     unknown_threshold=unknown.get(version))  # fmt: skip
             self._infos[(info.name, info.version)] = info
             return info
 
@@ -381,9 +390,9 @@ class TritonGateway:
                 info = self.route(info.name, newer_than=info.fetched_at).serving
                 if (chunk.shape[1], chunk.shape[2]) != info.size:
                     raise self._unavailable("the model changed during the request; retry")
-            drift = result.as_numpy(DRIFT_NAME) if info.drift_threshold is not None else None
             parts.append(Outputs(result.as_numpy(info.output_name),
-                                 None if drift is None else drift.reshape(-1)))  # fmt: skip
+                                 _score(result, DRIFT_NAME, info.drift_threshold),
+                                 _score(result, UNKNOWN_NAME, info.unknown_threshold)))  # fmt: skip
         return Outputs.concatenate(parts), info
 
     def _infer_raw(self, info: ModelInfo, batch: np.ndarray, class_count: int = 0):
@@ -394,6 +403,8 @@ class TritonGateway:
         )]  # fmt: skip
         if info.drift_threshold is not None and not class_count:
             outputs.append(httpclient.InferRequestedOutput(DRIFT_NAME, binary_data=True))
+        if info.unknown_threshold is not None and not class_count:
+            outputs.append(httpclient.InferRequestedOutput(UNKNOWN_NAME, binary_data=True))
         version = info.version if info.pinned else ""
         with TRITON_LATENCY.time():
             return self._call(
@@ -480,6 +491,9 @@ def _observe(info: ModelInfo, role: str, started: float, outputs: Outputs) -> No
         MODEL_IMAGES.labels(info.name, info.version, role).inc(len(outputs.drift))
         unfamiliar = int((outputs.drift > info.drift_threshold).sum())
         MODEL_UNFAMILIAR.labels(info.name, info.version, role).inc(unfamiliar)
+    if outputs.unknown is not None and info.unknown_threshold is not None:
+        unknown = int((outputs.unknown > info.unknown_threshold).sum())
+        MODEL_UNKNOWN.labels(info.name, info.version, role).inc(unknown)
 
 
 def _observe_error(info: ModelInfo, role: str, exc: ApiError) -> None:
@@ -494,11 +508,13 @@ def _info_from_config(
     fetched: float,
     pinned: bool,
     drift_threshold: float | None = None,
+    unknown_threshold: float | None = None,
 ) -> ModelInfo:
     (inp,) = config["input"]
     outputs = {o["name"]: o for o in config["output"]}
     has_drift = DRIFT_NAME in outputs and drift_threshold is not None
-    (out,) = [o for name, o in outputs.items() if name != DRIFT_NAME]
+    has_unknown = UNKNOWN_NAME in outputs and unknown_threshold is not None
+    (out,) = [o for name, o in outputs.items() if name not in (DRIFT_NAME, UNKNOWN_NAME)]
     dims = [int(d) for d in inp["dims"]]
     if len(dims) != 3 or dims[-1] != 3:
         raise ApiError(502, "unsupported_model", f"model input shape {dims} is not H×W×3")
@@ -515,7 +531,13 @@ def _info_from_config(
         fetched_at=fetched,
         pinned=pinned,
         drift_threshold=drift_threshold if has_drift else None,
+        unknown_threshold=unknown_threshold if has_unknown else None,
     )
+
+
+def _score(result, name: str, threshold: float | None) -> np.ndarray | None:
+    """A score output (N×1) as N values, where the version has it."""
+    return None if threshold is None else result.as_numpy(name).reshape(-1)
 
 
 # A version that is not ready (just unloaded, or swapped while Triton reloads its config): route

@@ -23,7 +23,7 @@ from imgcls.contract import MAX_IMAGE_PIXELS
 from imgcls.preprocessing import ImageError, load_image
 from imgcls_api.errors import ApiError
 from imgcls_api.settings import Settings
-from imgcls_api.triton import ModelInfo, TritonGateway
+from imgcls_api.triton import ModelInfo, Outputs, TritonGateway
 
 from .sources import Item
 
@@ -83,8 +83,7 @@ def rows_for(items: list[Item], gateway: TritonGateway, info: ModelInfo, job: Jo
     if decoded:
         outputs, answered = _infer(gateway, np.stack(pixels), job)
         for i, item in enumerate(decoded):
-            drift = None if outputs.drift is None else float(outputs.drift[i])
-            rows.append(_row(item, answered, outputs.probabilities[i], drift, job.top_k))
+            rows.append(_row(item, answered, outputs, i, job.top_k))
     return rows
 
 
@@ -99,17 +98,29 @@ def _infer(gateway: TritonGateway, images: np.ndarray, job: Job):
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _row(item: Item, info: ModelInfo, probs: np.ndarray, drift: float | None, k: int) -> dict:
+def _row(item: Item, info: ModelInfo, outputs: Outputs, row: int, k: int) -> dict:
+    probs = outputs.probabilities[row]
     order = np.argsort(probs)[::-1][:k]
     top = [{"label": info.labels[i], "probability": round(float(probs[i]), 6)} for i in order]
+    drift = _score(outputs.drift, row, info.drift_threshold)
+    unknown = _score(outputs.unknown, row, info.unknown_threshold)
     return {"path": item.path, "sha256": item.sha256, "label": top[0]["label"],
-            "probability": float(probs[order[0]]), "topk": json.dumps(top), "drift": drift,
+            "probability": float(probs[order[0]]), "topk": json.dumps(top), "drift": drift[0],
+            "familiar": drift[1], "unknown": unknown[0], "known_class": unknown[1],
             "model": info.name, "version": info.version, "error": None}  # fmt: skip
+
+
+def _score(scores: np.ndarray | None, i: int, threshold: float | None) -> tuple:
+    """(the score, whether it is at most the threshold), or (None, None) without one."""
+    if scores is None or threshold is None:
+        return None, None
+    return float(scores[i]), bool(scores[i] <= threshold)
 
 
 def _error_row(item: Item, info: ModelInfo, code: str) -> dict:
     return {"path": item.path, "sha256": item.sha256, "label": None, "probability": None,
-            "topk": None, "drift": None, "model": info.name, "version": info.version,
+            "topk": None, "drift": None, "familiar": None, "unknown": None,
+            "known_class": None, "model": info.name, "version": info.version,
             "error": code}  # fmt: skip
 
 

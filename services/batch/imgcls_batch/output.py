@@ -25,6 +25,9 @@ SCHEMA = pa.schema(
         ("probability", pa.float64()),
         ("topk", pa.string()),  # JSON: [{"label": …, "probability": …}, …], best first
         ("drift", pa.float64()),  # the served graph's drift score, where it has one
+        ("familiar", pa.bool_()),  # drift at most the version's threshold (null: no score)
+        ("unknown", pa.float64()),  # the unknown-class score, where the graph has one
+        ("known_class", pa.bool_()),  # unknown at most the version's threshold (null: no score)
         ("model", pa.string()),
         ("version", pa.string()),
         ("error", pa.string()),  # null, or a code: load_image's (not_an_image…), unreadable_file

@@ -15,6 +15,9 @@ OUTPUT_NAME = "probabilities"
 #: Its second output where the pipeline added one: how unlike the training data each input is
 #: (``N×1``; ``model_preparation/reference.py``).
 DRIFT_NAME = "drift"
+#: Its third output where the pipeline added one: how unlike any class the model knows each input
+#: is (``N×1``; ``model_preparation/ood.py``).
+UNKNOWN_NAME = "unknown"
 #: The model the API answers with when a request names none (``MODEL_NAME``).
 DEFAULT_MODEL = "resnet50v2"
 #: The INT8 sibling of a model is served as ``<name><INT8_SUFFIX>``.

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import DRIFT_NAME
+from .contract import DRIFT_NAME, UNKNOWN_NAME
 from .locks import exclusive
 from .params import UserError
 
@@ -109,6 +109,8 @@ class Version:
     # such output, a version published before the reference stage existed)
     drift_threshold: float | None = None
     source: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # its third output, UNKNOWN_NAME: above this score an input is of no class the version knows
+    unknown_threshold: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,6 +128,7 @@ class Version:
             published_at=str(raw.get("published_at", "")),
             source=dict(raw.get("source", {})),
             drift_threshold=_optional_float(raw.get("drift_threshold")),
+            unknown_threshold=_optional_float(raw.get("unknown_threshold")),
         )
 
 
@@ -191,10 +194,10 @@ def labels_from_parameters(params: Mapping[str, str]) -> dict[int, tuple[str, ..
     }
 
 
-def drift_from_parameters(params: Mapping[str, str]) -> dict[int, float]:
+def drift_from_parameters(params: Mapping[str, str], output: str = "drift") -> dict[int, float]:
     """``{version: threshold}`` where the config declares the drift output (every loaded
-    version has it), else empty."""
-    key = PREFIX + "drift."
+    version has it), else empty; ``output="unknown"``: the unknown-class output's."""
+    key = f"{PREFIX}{output}."
     return {int(k[len(key) :]): float(v) for k, v in params.items() if k.startswith(key)}
 
 
@@ -239,6 +242,7 @@ def render_config(
     state: Lifecycle,
     labels: Mapping[int, tuple[str, ...]],
     drift: Mapping[int, float | None] | None = None,
+    unknown: Mapping[int, float | None] | None = None,
 ) -> str:
     """config.pbtxt for Triton's native ONNX Runtime backend (and the local shim).
 
@@ -251,6 +255,7 @@ def render_config(
     """
     inp, out = serving.input, serving.output
     thresholds = _all_thresholds(state, drift or {})
+    unknown_limits = _all_thresholds(state, unknown or {}) if thresholds else {}
     same = len({labels[v] for v in state.loaded}) == 1
     label_file = f"    label_filename: {_quote(f'{state.serving}/labels.txt')}\n" if same else ""
     is_image = len(inp.dims) == 3 and inp.dims[-1] in (1, 3)
@@ -272,7 +277,7 @@ output [
     name: {_quote(out.name)}
     data_type: {out.datatype}
     dims: {_dims(out.dims)}
-{label_file}  }}{_drift_output(thresholds)}
+{label_file}  }}{_extra_output(DRIFT_NAME, thresholds)}{_extra_output(UNKNOWN_NAME, unknown_limits)}
 ]
 {_batching(serving)}instance_group [
   {{
@@ -290,6 +295,8 @@ output [
         text += _parameter(f"{PREFIX}labels.{version}", json.dumps(list(labels[version])))
     for version, threshold in thresholds.items():
         text += _parameter(f"{PREFIX}drift.{version}", repr(threshold))
+    for version, threshold in unknown_limits.items():
+        text += _parameter(f"{PREFIX}unknown.{version}", repr(threshold))
     return text
 
 
@@ -300,12 +307,11 @@ def _all_thresholds(state: Lifecycle, drift: Mapping[int, float | None]) -> dict
     return {v: float(t) for v, t in found.items() if t is not None}
 
 
-def _drift_output(thresholds: Mapping[int, float]) -> str:
+def _extra_output(name: str, thresholds: Mapping[int, float]) -> str:
+    """A score output (N×1) the config declares where every loaded version has it."""
     if not thresholds:
         return ""
-    return (
-        f",\n  {{\n    name: {_quote(DRIFT_NAME)}\n    data_type: TYPE_FP32\n    dims: [ 1 ]\n  }}"
-    )
+    return f",\n  {{\n    name: {_quote(name)}\n    data_type: TYPE_FP32\n    dims: [ 1 ]\n  }}"
 
 
 def _model_file(serving: Serving) -> str:
@@ -523,7 +529,8 @@ class ModelDir:
         versions = {v: self.version(v) for v in state.loaded}
         labels = {v: meta.labels for v, meta in versions.items()}
         drift = {v: meta.drift_threshold for v, meta in versions.items()}
-        return render_config(self.serving_config(), state, labels, drift)
+        unknown = {v: meta.unknown_threshold for v, meta in versions.items()}
+        return render_config(self.serving_config(), state, labels, drift, unknown)
 
     def write_config(self, state: Lifecycle) -> str:
         """Render and replace config.pbtxt; returns the text it replaced ("" if none)."""

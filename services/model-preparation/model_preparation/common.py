@@ -34,6 +34,9 @@ __all__ = [  # re-exported: the stages import them from here
 ]
 
 RAW_DATA = Path("data/raw")
+#: images of classes the model must not know (``data/unknown/<class>/*``): the reference
+#: stage's near set for real data (``tools/digits.py`` writes one)
+UNKNOWN_DATA = Path("data/unknown")
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
 LABELS_FILE = PREPARED / "labels.txt"
@@ -51,6 +54,7 @@ INT8_REPORT = REPORTS / "int8.json"
 BF16_REPORT = REPORTS / "bf16.json"
 REFERENCE = ARTIFACTS / "reference.npz"
 DRIFT_REPORT = REPORTS / "drift.json"
+OOD_REPORT = REPORTS / "ood.json"  # the unknown-class methods compared (reference stage)
 PUBLISH_REPORT = REPORTS / "publish.json"
 ROBUSTNESS_REPORT = REPORTS / "robustness.json"
 ROBUSTNESS_CURVE = REPORTS / "robustness.csv"

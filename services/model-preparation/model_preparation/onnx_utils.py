@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from imgcls.contract import DRIFT_NAME
+from imgcls.contract import DRIFT_NAME, OUTPUT_NAME
 from imgcls.runtimes import OpenVinoSession, onnxruntime_session, predict
 
 from .common import PipelineError
@@ -123,3 +123,63 @@ def add_drift_output(
     model.graph.output.append(
         onnx.helper.make_tensor_value_info(DRIFT_NAME, onnx.TensorProto.FLOAT, ["N", 1])
     )
+
+
+@dataclass(frozen=True)
+class HeadTensors:
+    """Where the classifier's last layer is in a graph: its input (the penultimate features,
+    N×D), its output (the logits, N×C) and, where they are plain initializers, its weights."""
+
+    features: str
+    logits: str
+    weight: np.ndarray | None  # D × C
+    bias: np.ndarray | None  # C
+
+
+def head_tensors(model: onnx.ModelProto) -> HeadTensors:
+    """Walk back from the Softmax that makes ``OUTPUT_NAME``: Softmax ← Add(bias) ← MatMul(W) (or
+    one Gemm), passing quantize/dequantize nodes, so an INT8 copy of the graph is read the same."""
+    from onnx import numpy_helper
+
+    producer = {out: node for node in model.graph.node for out in node.output}
+    inits = {i.name: i for i in model.graph.initializer}
+
+    def back(name: str) -> onnx.NodeProto:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            node = producer.get(node.input[0])
+        if node is None:
+            raise PipelineError(f"cannot find what computes {name} in the graph")
+        return node
+
+    def constant(name: str) -> np.ndarray | None:  # None where quantized (INT8)
+        return numpy_helper.to_array(inits[name]) if name in inits else None
+
+    softmax = back(OUTPUT_NAME)
+    if softmax.op_type != "Softmax":
+        raise PipelineError(f"the graph's {OUTPUT_NAME} is not a softmax ({softmax.op_type})")
+    logits = softmax.input[0]
+    top = back(logits)
+    if top.op_type == "Gemm":
+        weight, bias = constant(top.input[1]), constant(top.input[2])
+        return HeadTensors(_undq(top.input[0], producer), logits, weight, bias)
+    if top.op_type != "Add":
+        raise PipelineError(f"the logits come from {top.op_type}, not a dense layer's Add")
+    matmul_out, bias_name = top.input
+    matmul = back(matmul_out)
+    if matmul.op_type != "MatMul":
+        matmul_out, bias_name = bias_name, matmul_out
+        matmul = back(matmul_out)
+    if matmul.op_type != "MatMul":
+        raise PipelineError("the logits do not come from a MatMul and an Add")
+    return HeadTensors(_undq(matmul.input[0], producer), logits,
+                       constant(matmul.input[1]), constant(bias_name))  # fmt: skip
+
+
+def _undq(name: str, producer: dict) -> str:
+    """The float tensor before a quantize/dequantize pair (what an FP32 graph also has)."""
+    node = producer.get(name)
+    while node is not None and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        name = node.input[0]
+        node = producer.get(name)
+    return name

@@ -27,6 +27,7 @@ import onnx
 from imgcls.contract import bf16_name, int8_name
 from imgcls.repository import KERAS_FILE, Lifecycle, ModelDir, Serving, Tensor, Version, md5sum
 
+from . import ood
 from .common import (
     BF16_REPORT,
     INT8_MODEL,
@@ -46,8 +47,14 @@ from .common import (
     run_cli,
     write_json,
 )
-from .onnx_utils import TensorSpec, add_drift_output, session, signature
-from .reference import Reference, embedder, features
+from .onnx_utils import (
+    TensorSpec,
+    add_drift_output,
+    head_tensors,
+    session,
+    signature,
+)
+from .reference import Reference, embedder, features, head_outputs
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,9 @@ def served_onnx(
     if reference is not None:
         add_drift_output(graph, reference.tensor, reference.axes, reference.projection,
                          reference.offset, reference.class_means)  # fmt: skip
+    if reference is not None and reference.unknown is not None:
+        head = head_tensors(graph)
+        ood.add_output(graph, head.features, head.logits, reference.unknown)
     onnx.helper.set_model_props(graph, {"imgcls.labels": json.dumps(labels)})
     onnx.save(graph, str(out))
     try:
@@ -126,6 +136,11 @@ def served_onnx(
         expected = reference.score(features(*embedder(model, reference.tensor), probe, 2)[0])
         if not np.allclose(outputs[1][:, 0], expected, rtol=1e-3, atol=1e-3):
             raise PipelineError(f"the drift output of {model} does not match the reference")
+    if reference is not None and reference.unknown is not None:
+        feats, logits = head_outputs(model, probe)
+        expected = reference.unknown.score(feats, logits)
+        if not np.allclose(outputs[2][:, 0], expected, rtol=1e-3, atol=1e-3):
+            raise PipelineError(f"the unknown output of {model} does not match the reference")
 
 
 def publish_model(
@@ -171,7 +186,8 @@ def publish_model(
                 served = Path(tmp) / "model.onnx"
                 served_onnx(model, labels, served, reference)
                 meta = Version(0, tuple(labels), serving.input, serving.output, "", 0, accuracy,
-                               source=source, drift_threshold=reference and reference.threshold)  # fmt: skip
+                               source=source, drift_threshold=reference and reference.threshold,
+                               unknown_threshold=reference and reference.unknown_threshold)  # fmt: skip
                 extras = {KERAS_FILE: keras} if keras is not None else None
                 version, added = target.add_version(served, meta, extras), True
         target.write_serving(serving)

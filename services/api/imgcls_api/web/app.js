@@ -84,6 +84,7 @@ function showPrediction(card, body, ms, file) {
   card.querySelector(".meta").textContent =
     `${file.name || "pasted image"} · model ${body.model.name} v${body.model.version} · ${ms.toFixed(0)} ms round trip`;
   card.querySelector(".unfamiliar").hidden = body.familiar !== false;
+  card.querySelector(".unknown-class").hidden = body.known_class !== false;
   card.model = body.model.name;
   card.classList.add("answered");
   if (state.feedback && body.request_id) offerCorrection(card, body, file);
@@ -129,13 +130,21 @@ function toggleExplanations() {
   }
 }
 
+const NEW_CLASS = "\u0000new"; // the select's value for "a class it does not know"
+
 function offerCorrection(card, body, file) {
   const form = card.querySelector(".correct");
   const select = form.querySelector("select");
   select.replaceChildren();
   for (const p of body.predictions) select.add(new Option(p.label, p.label));
+  select.add(new Option("a class it does not know…", NEW_CLASS));
   const other = body.predictions.find((p) => p.label !== body.label);
-  if (other) select.value = other.label;
+  if (body.known_class === false) select.value = NEW_CLASS; // what the model itself suspects
+  else if (other) select.value = other.label;
+  const name = form.querySelector(".new-class");
+  const showName = () => { name.hidden = select.value !== NEW_CLASS; };
+  select.addEventListener("change", showName);
+  showName();
   form.hidden = false;
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -143,14 +152,18 @@ function offerCorrection(card, body, file) {
     const data = new FormData();
     data.append("request_id", body.request_id);
     data.append("index", "0");
-    data.append("label", select.value);
+    const isNew = select.value === NEW_CLASS;
+    data.append("label", isNew ? name.value.trim() : select.value);
+    if (isNew) data.append("new_class", "true");
     data.append("image", file, file.name || "pasted.png"); // used when the API did not keep it
     sent.textContent = "sending…";
     try {
       const resp = await fetch("/feedback", { method: "POST", body: data, headers: headers() });
       const answer = await resp.json().catch(() => null);
       if (resp.ok) {
-        sent.textContent = `Thank you: saved as “${answer.label}” for the next training run.`;
+        sent.textContent = answer.new_class
+          ? `Thank you: saved as “${answer.label}”, a new class, for review before the next training run.`
+          : `Thank you: saved as “${answer.label}” for the next training run.`;
       } else {
         const error = (answer && answer.error) || { message: resp.statusText };
         const retry = resp.headers.get("Retry-After");

@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw
 
 from ..common import RAW_DATA, PipelineError, load_settings, run_cli
 
-SHAPES = ("circle", "square", "triangle", "cross", "star")
+#: the classes ``make up`` trains on are the first three; the others are what the reference stage
+#: draws as classes the model never saw (``reference.near_shapes``), or a class to add
+SHAPES = ("circle", "square", "triangle", "cross", "star", "pentagon", "hexagon", "arrow")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,11 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
             )
             for i, a in enumerate(np.arange(10) * math.pi / 5 - math.pi / 2)
         ]
+    elif shape in ("pentagon", "hexagon"):
+        n = 5 if shape == "pentagon" else 6
+        pts = [(math.cos(a), math.sin(a)) for a in np.arange(n) * 2 * math.pi / n]
+    elif shape == "arrow":
+        pts = [(-1, -0.3), (0.2, -0.3), (0.2, -0.75), (1, 0), (0.2, 0.75), (0.2, 0.3), (-1, 0.3)]
     elif shape == "cross":
         w = 0.33
         pts = [
