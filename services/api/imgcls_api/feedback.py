@@ -2,7 +2,9 @@
 
 The request names the answer by its request id (``X-Request-ID``, also in the answer's JSON) and
 the image's index in it, and gives the right label, which must be one of the labels of the
-version that answered. The correction is stored with the image the model saw: the captured one
+version that answered, unless the user says it is a class the model does not know (``new_class``
+true: any plain class name, as ``harvest`` checks it; ``harvest import --new-class`` then adds
+the class folder). The correction is stored with the image the model saw: the captured one
 when the request was sampled (``CAPTURE_RATE``), else the image sent again with the feedback,
 accepted only when its pixels are those the model answered (their SHA-256 is in the request's
 record). ``model_preparation.tools.harvest`` turns reviewed feedback into training images.
@@ -22,6 +24,7 @@ from collections import deque
 
 from flask import Blueprint, current_app, jsonify, request
 
+from imgcls.labels import is_plain_class_name
 from imgcls.preprocessing import ImageError, ImageTooLarge, load_image
 
 from .capture import CaptureStore, StoreFull, pixels_sha256, png_bytes
@@ -73,6 +76,7 @@ def feedback():
     _limit(settings)
     fields, image = _fields()
     request_id, label, index = _validated(fields)
+    new_class = _flag(fields.get("new_class", False))
     record = store.find(request_id)
     if record is None:
         raise ApiError(404, "unknown_request", f"no answered request {request_id!r} is on "
@@ -81,16 +85,30 @@ def feedback():
     if not 0 <= index < len(results):
         raise ApiError(422, "invalid_index",
                        f"the request answered {len(results)} image(s); index {index} is not one")  # fmt: skip
-    if label not in record["labels"]:
+    if label not in record["labels"] and not new_class:
         raise ApiError(422, "unknown_label", f"label must be one of the labels of {record['model']} "
-                       f"version {record['version']}: {', '.join(record['labels'])}")  # fmt: skip
+                       f"version {record['version']}: {', '.join(record['labels'])} (or a new "
+                       "class, with new_class true)")  # fmt: skip
+    if new_class and not is_plain_class_name(label):
+        raise ApiError(400, "invalid_label", f"label {label!r} is not a plain class name (a "
+                       "folder name: no path separators, not hidden)")  # fmt: skip
     png = store.captured_image(record, index) or _resent(image, results[index], settings)
     try:
         replaced = store.add_feedback(record, index, label, png)
     except StoreFull as exc:
         raise ApiError(507, "store_full", str(exc)) from None
     return jsonify({"request_id": request_id, "index": index, "label": label,
-                    "predicted": results[index].get("label"), "replaced": replaced}), 201  # fmt: skip
+                    "predicted": results[index].get("label"), "replaced": replaced,
+                    "new_class": label not in record["labels"]}), 201  # fmt: skip
+
+
+def _flag(value) -> bool:
+    """``new_class``: a JSON boolean, or a form's ``true``/``false``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", ""):
+        return value.lower() in ("true", "1")
+    raise ApiError(400, "invalid_new_class", "new_class must be true or false")
 
 
 def _limit(settings: Settings) -> None:

@@ -36,12 +36,11 @@ import numpy as np
 from PIL import Image
 
 from imgcls.gateset import FEEDBACK_PREFIX
+from imgcls.labels import is_plain_class_name
 from imgcls.params import UserError, run_cli
 from imgcls.preprocessing import pixels_sha256
 
 from ..common import RAW_DATA
-
-MAX_NAME_BYTES = 255
 
 
 @dataclass(frozen=True)
@@ -77,15 +76,7 @@ def pending(store: Path, folder_name: str = "feedback") -> list[Entry]:
 
 def safe_label(label: str, data: Path) -> Path:
     """``data/<label>``, or UserError when the label is not one plain folder name under it."""
-    bad = (
-        not label
-        or label in (".", "..")
-        or label.startswith(".")
-        or any(c in label for c in "/\\\0")
-        or len(label.encode("utf-8")) > MAX_NAME_BYTES
-        or not label.isprintable()
-    )
-    if bad or (data / label).resolve().parent != data.resolve():
+    if not is_plain_class_name(label) or (data / label).resolve().parent != data.resolve():
         raise UserError(f"label {label!r} is not a plain class name")
     return (data / label).resolve()
 
