@@ -35,7 +35,7 @@ from tests.models import publish_params, tiny_onnx
 GATE = GateParams(min_images=60, margin=0.02, confidence=0.95, class_margin=0.1,
                   min_class_images=20, new_class_min_accuracy=0.8)  # fmt: skip
 GUARDS = GuardParams(max_error_rate=0.02, max_latency_ratio=2.0, max_unfamiliar_increase=0.1,
-                     min_agreement=0.6, min_requests=50)  # fmt: skip
+                     max_unknown_increase=0.1, min_agreement=0.6, min_requests=50)  # fmt: skip
 ROLLOUT = RolloutParams(steps=(10.0, 50.0), min_step_s=10, max_step_s=60, poll_s=2)
 PARAMS = LifecycleParams("shadow", 10, 100, GATE, GUARDS, ROLLOUT)
 ABC = ("a", "b", "c")
@@ -224,12 +224,14 @@ class Traffic:
         self.series[(name, tuple(sorted(labels.items())))] += value
 
     def calls(self, version: str, role: str, n: int, seconds: float = 0.02, errors: int = 0,
-              unfamiliar: int = 0, model: str = "m") -> None:  # fmt: skip
+              unfamiliar: int = 0, unknown: int | None = 0, model: str = "m") -> None:  # fmt: skip
         labels = {"model": model, "version": version, "role": role}
         self._add("api_model_requests_total", n, **labels)
         self._add("api_model_errors_total", errors, **labels, kind="error")
         self._add("api_model_images_total", n, **labels)
         self._add("api_model_unfamiliar_total", unfamiliar, **labels)
+        if unknown is not None:  # None: a version without the unknown-class output
+            self._add("api_model_unknown_total", unknown, **labels)
         for le in BUCKETS:
             self._add("api_model_request_duration_seconds_bucket", n if seconds <= le else 0,
                       **labels, le="+Inf" if le == float("inf") else repr(le))  # fmt: skip
@@ -258,12 +260,32 @@ def test_a_healthy_candidate_passes_every_guard():
 
 @pytest.mark.parametrize(
     ("candidate", "guard"),
-    [({"errors": 5}, "errors"), ({"seconds": 0.4}, "p99"), ({"unfamiliar": 20}, "unfamiliar")],
-    ids=["errors", "slow", "unfamiliar"],
+    [
+        ({"errors": 5}, "errors"),
+        ({"seconds": 0.4}, "p99"),
+        ({"unfamiliar": 20}, "unfamiliar"),
+        ({"unknown": 20}, "unknown"),
+    ],
+    ids=["errors", "slow", "unfamiliar", "unknown"],
 )
 def test_a_failing_candidate_fails_its_guard(candidate, guard):
     h = _health(**candidate)
     assert [g.name for g in h.failed] == [guard], h.line()
+
+
+def test_the_unknown_guard_is_not_measured_where_a_version_has_no_such_output():
+    def unknown(serving: int | None, candidate: int | None, n: int = 60) -> live.Guard:
+        t = Traffic()
+        t.calls("1", "serving", 500, unknown=serving)
+        t.calls("2", "canary", n, unknown=candidate)
+        return next(g for g in live.health(t.read(), "m", 1, 2, GUARDS).guards
+                    if g.name == "unknown")  # fmt: skip
+
+    assert unknown(25, 3).ok is True  # 0.05 vs 0.05: no rise
+    assert unknown(25, 12).ok is False  # 0.20 vs 0.05: +0.15 past +0.1
+    older = unknown(None, 12)  # the serving version predates the output: nothing to compare
+    assert older.ok is True and "not measured" in older.value
+    assert unknown(25, 3, n=10).ok is None  # too few calls: waiting
 
 
 def test_latency_is_judged_on_canary_answers_not_on_background_shadow_calls():

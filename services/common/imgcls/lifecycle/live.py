@@ -9,8 +9,8 @@ counts from zero.
 
 The guards catch a candidate that is broken or failing under traffic (Argo Rollouts' analysis
 runs, Flagger's canary analysis): its 5xx and time-outs, its p99 latency against the serving
-version's in the same window, its share of unfamiliar inputs against the serving version's, and
-live top-1 agreement as a Wilson lower bound — only to catch wrong preprocessing or wrong labels,
+version's in the same window, its shares of unfamiliar inputs and of inputs of no class it knows
+against the serving version's, and live top-1 agreement as a Wilson lower bound — only to catch wrong preprocessing or wrong labels,
 never to refuse a correct disagreement (which version is better, the labelled gate decided).
 """
 
@@ -36,6 +36,7 @@ WATCHED = (
     "api_model_request_duration_seconds_bucket",
     "api_model_images_total",
     "api_model_unfamiliar_total",
+    "api_model_unknown_total",
     "api_candidate_comparisons_total",
 )
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -179,6 +180,7 @@ def health(
         guards.append(Guard("unfamiliar", rise <= p.max_unfamiliar_increase,
                             f"{share_c:.3f} vs {share_s:.3f} serving "
                             f"(max +{p.max_unfamiliar_increase:g})"))  # fmt: skip
+    guards.append(_unknown(window, model, s, c, enough, p))
     agree = _sum(window, "api_candidate_comparisons_total", model=model, serving=s, candidate=c,
                  outcome="agree")  # fmt: skip
     disagree = _sum(window, "api_candidate_comparisons_total", model=model, serving=s,
@@ -192,6 +194,34 @@ def health(
                             f"{agree / compared:.3f} of {compared}, lower bound {low:.3f} "
                             f"(min {p.min_agreement:g})"))  # fmt: skip
     return StepHealth(model, int(calls), tuple(guards))
+
+
+def _unknown(window, model: str, s: str, c: str, enough: bool, p: GuardParams) -> Guard:
+    """The candidate's share of inputs of no class it knows against the serving version's (each
+    by its own threshold): a candidate that calls far more inputs unknown is broken. Where one of
+    the two has no unknown-class output (a version published before it), it is not measured."""
+    share_c = _share(window, "api_model_unknown_total", model, c, ("canary", "shadow"))
+    share_s = _share(window, "api_model_unknown_total", model, s, ("serving",))
+    if not enough:
+        return Guard("unknown", None, "no unknown-class scores yet")
+    if share_c is None or share_s is None:
+        return Guard("unknown", True, "not measured (a version without the unknown output)")
+    rise = share_c - share_s
+    return Guard("unknown", rise <= p.max_unknown_increase,
+                 f"{share_c:.3f} vs {share_s:.3f} serving (max +{p.max_unknown_increase:g})")  # fmt: skip
+
+
+def _share(window, name: str, model: str, version: str, roles: tuple[str, ...]) -> float | None:
+    """``name``'s count over the images answered, or None where the version never reported
+    ``name`` (it has no such output)."""
+    present = any(n == name and dict(labels).get("model") == model
+                  and dict(labels).get("version") == version and dict(labels).get("role") in roles
+                  for n, labels in window)  # fmt: skip
+    images = sum(_sum(window, "api_model_images_total", model=model, version=version, role=r)
+                 for r in roles)  # fmt: skip
+    if not present or not images:
+        return None
+    return sum(_sum(window, name, model=model, version=version, role=r) for r in roles) / images
 
 
 def _latency(window, model: str, s: str, c: str, enough: bool, p: GuardParams) -> Guard:

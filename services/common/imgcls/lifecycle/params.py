@@ -45,12 +45,14 @@ class GuardParams:
     max_error_rate: float  # the candidate's 5xx and time-outs, as a share of its calls
     max_latency_ratio: float  # its p99 latency over the serving version's, same window
     max_unfamiliar_increase: float  # its unfamiliar-input share minus the serving version's
+    max_unknown_increase: float  # its share of inputs of no class it knows, likewise
     min_agreement: float  # Wilson lower bound of live top-1 agreement (only a broken one fails)
     min_requests: int  # calls to the candidate in a step before the guards judge it
 
     def __post_init__(self) -> None:
         _share("guards.max_error_rate", self.max_error_rate)
         _share("guards.max_unfamiliar_increase", self.max_unfamiliar_increase)
+        _share("guards.max_unknown_increase", self.max_unknown_increase)
         _share("guards.min_agreement", self.min_agreement)
         if self.max_latency_ratio < 1:
             raise UserError("lifecycle guards.max_latency_ratio must be at least 1")
