@@ -88,12 +88,13 @@ feedback: $(STAMP)
 	@$(HARVEST) list
 
 harvest: $(STAMP)
-	@$(HARVEST) import $(if $(IDS),$(IDS),--all)
+	@$(HARVEST) import $(if $(IDS),$(IDS),--all) $(if $(NEW_CLASS),--new-class)
 
-# An input the candidate and the serving version disagreed on (listed first by make feedback):
-# its true class, after which make harvest takes it like any correction.
+# An input to label (listed first by make feedback: of no known class, or one the candidate and
+# the serving version disagreed on): its true class, after which make harvest takes it like any
+# correction. NEW_CLASS=1 (here and for make harvest): the label may be a class the data lacks.
 label: $(STAMP)
-	@$(HARVEST) label $(ID) $(LABEL)
+	@$(HARVEST) label $(ID) $(LABEL) $(if $(NEW_CLASS),--new-class)
 
 # The explanations' quality on the demo data (README "Explanations"): the pointing game.
 MODEL_FILE ?= artifacts/model.onnx

@@ -291,6 +291,18 @@ def test_feedback_must_name_an_answered_image_and_a_known_label(tmp_path):
     assert not list((tmp_path / "feedback").iterdir())
 
 
+def test_an_input_of_no_known_class_is_kept_for_a_person_to_name(tmp_path):
+    client = _app(tmp_path).test_client()
+    _answered(client, tmp_path, _rgb_png((200, 10, 10)))  # a known class: nothing to label
+    assert not list((tmp_path / "tolabel").glob("*.json"))
+    _answered(client, tmp_path, _rgb_png((90, 90, 90)), _rgb_png((90, 90, 90)))  # twice: one
+    (entry,) = [json.loads(p.read_text()) for p in (tmp_path / "tolabel").glob("*.json")]
+    assert entry["kind"] == "unknown" and entry["unknown_score"] == pytest.approx(2.0)
+    assert entry["serving"]["version"] == "1" and entry["labels"] == ["circle", "square",
+                                                                     "triangle"]  # fmt: skip
+    assert (tmp_path / "tolabel" / entry["image"]).is_file()
+
+
 def test_a_new_class_is_accepted_only_when_the_user_says_so_and_only_as_a_plain_name(tmp_path):
     client = _app(tmp_path).test_client()
     request_id = _answered(client, tmp_path, _png(20))

@@ -187,3 +187,31 @@ def test_a_disagreement_can_be_rejected_like_a_correction(tmp_path):
     assert hv.reject(store, [entry]) == [entry]
     assert (store / "tolabel/rejected" / f"{entry}.json").is_file()
     assert not hv.pending(store, "tolabel")
+
+
+def test_inputs_of_no_known_class_are_listed_before_disagreements_and_named_as_new(
+    tmp_path, capsys
+):
+    from imgcls_api.capture import CaptureStore, UnknownInput
+    from tests.conftest import wait_until
+
+    store, data = _store(tmp_path), _data(tmp_path, ("circle", "square"))
+    disagreement = _disagreed_on(store, 90)
+    capture = CaptureStore(store, rate=0.0, max_mb=10)
+    pixels = np.full((8, 8, 3), 33, np.uint8)
+    capture.unknown_to_label(UnknownInput("m", ("circle", "square"), "1", "square", 17.5, pixels))
+    wait_until(capture.idle, what="the capture store")
+    (unknown,) = [p.stem for p in (store / "tolabel").glob("*.json") if p.stem != disagreement]
+    hv.main(["list", "--store", str(store)])
+    listed = capsys.readouterr().out
+    assert listed.index(unknown) < listed.index(disagreement)  # a new class showing up: first
+    assert "of no class the model knows" in listed and "v1 square · 17.5" in listed
+    assert "2 to label" in listed
+    with pytest.raises(UserError, match="--new-class"):
+        hv.label(store, unknown, "hexagon", data)
+    assert hv.label(store, unknown, "hexagon", data, new_class=True) == unknown
+    report = hv.harvest(store, data, [unknown], new_class=True)
+    (item,) = report["imported"]
+    assert Path(item["path"]).parent.name == "hexagon"
+    moved = json.loads((store / "feedback/imported" / f"{unknown}.json").read_text())
+    assert moved["source"] == "unknown" and moved["predicted"] == "square"

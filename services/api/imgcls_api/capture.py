@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 CAPTURED = Counter(
     "api_captures_total",
     "Capture store writes: record (every answered request), image (the sampled ones), feedback, "
-    "tolabel (an input the serving version and a candidate disagree on)",
+    "tolabel (an input the serving version and a candidate disagree on, or one of no class "
+    "the answering version knows)",
     ["kind"],
 )
 CAPTURE_FAILURES = Counter(
@@ -98,6 +99,19 @@ class Disagreement:
     candidate_version: str
     candidate_label: str
     pixels: np.ndarray  # H×W×3: what both versions saw
+
+
+@dataclass(frozen=True)
+class UnknownInput:
+    """One input the answering version said is of no class it knows (its unknown-class score
+    above its threshold): a person names its class, perhaps a new one."""
+
+    model: str
+    labels: tuple[str, ...]  # the version's classes
+    version: str
+    label: str  # the nearest class, which it answered
+    score: float
+    pixels: np.ndarray  # H×W×3: what the version saw
 
 
 @dataclass(frozen=True)
@@ -153,17 +167,33 @@ class CaptureStore:
         if not self._background.submit(lambda: self._write_disagreement(disagreement)):
             CAPTURE_FAILURES.labels("busy").inc()
 
+    def unknown_to_label(self, u: UnknownInput) -> None:
+        """Keep an input of no class the answering version knows, for a person to name
+        (``harvest list`` shows these first; a new class needs ``--new-class``)."""
+        if time.monotonic() < self._paused_until:
+            return
+        fields = {"kind": "unknown", "model": u.model, "labels": list(u.labels),
+                  "serving": {"version": u.version, "label": u.label},
+                  "unknown_score": round(u.score, 6)}  # fmt: skip
+        if not self._background.submit(lambda: self._write_tolabel(u.pixels, fields)):
+            CAPTURE_FAILURES.labels("busy").inc()
+
     def _write_disagreement(self, d: Disagreement) -> None:
-        digest = pixels_sha256(d.pixels)
+        self._write_tolabel(d.pixels, {
+            "kind": "disagreement", "model": d.model, "labels": list(d.labels),
+            "serving": {"version": d.serving_version, "label": d.serving_label},
+            "candidate": {"version": d.candidate_version, "label": d.candidate_label}})  # fmt: skip
+
+    def _write_tolabel(self, pixels: np.ndarray, fields: dict[str, Any]) -> None:
+        """One file pair per distinct image (a second sighting of it adds nothing)."""
+        digest = pixels_sha256(pixels)
         name = digest[:32]
         if (self.tolabel / f"{name}.json").exists():
             return
-        entry = {"digest": digest, "at": _now(), "model": d.model, "labels": list(d.labels),
-                 "serving": {"version": d.serving_version, "label": d.serving_label},
-                 "candidate": {"version": d.candidate_version, "label": d.candidate_label},
-                 "image": f"{name}.png", "size": list(d.pixels.shape[:2])}  # fmt: skip
+        entry = {"digest": digest, "at": _now(), **fields, "image": f"{name}.png",
+                 "size": list(pixels.shape[:2])}  # fmt: skip
         try:
-            written = self._write(self.tolabel / f"{name}.png", png_bytes(d.pixels))
+            written = self._write(self.tolabel / f"{name}.png", png_bytes(pixels))
             written += self._write(self.tolabel / f"{name}.json", json.dumps(entry).encode())
         except OSError as exc:
             self._failed(exc)

@@ -8,7 +8,7 @@ import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
 
 from . import inputs, monitoring
-from .capture import Answer, CaptureStore
+from .capture import Answer, CaptureStore, UnknownInput
 from .errors import ApiError
 from .monitoring import Familiarity, KnownClass
 from .settings import Settings
@@ -194,6 +194,10 @@ def _capture(info: ModelInfo, results: list[dict], images: np.ndarray) -> None:
         kept = [{k: r[k] for k in ("label", "probability", "drift", "unknown") if k in r}
                 for r in results]  # fmt: skip
         store.capture(Answer(g.request_id, info.name, info.version, info.labels, kept, images))
+        for r, pixels in zip(results, images, strict=True):
+            if r.get("known_class") is False:  # a person should name it: perhaps a new class
+                store.unknown_to_label(UnknownInput(info.name, info.labels, info.version,
+                                                    r["label"], r["unknown"]["score"], pixels))  # fmt: skip
 
 
 def model_json(info: ModelInfo) -> dict:

@@ -5,9 +5,10 @@
     python -m model_preparation.tools.harvest reject [--store DIR] ID...
     python -m model_preparation.tools.harvest label  [--store DIR] ID LABEL [--new-class]
 
-``list`` shows first the inputs a candidate and the serving version disagreed on while it was
-shadowed or canaried (``tolabel/``, kept by the API when capture is on; ``label`` gives one its
-class, making it a correction), then the pending corrections (what the model said, what the user
+``list`` shows first the inputs the answering version said are of no class it knows, then those a
+candidate and the serving version disagreed on while it was shadowed or canaried (both in
+``tolabel/``, kept by the API when capture is on; ``label`` gives one its class, making it a
+correction), then the pending corrections (what the model said, what the user
 said). ``import`` copies
 each one's image, the pixels the model saw, into ``data/raw/<label>/fb-<digest>.png`` and moves the
 entry to ``feedback/imported/``; ``reject`` moves entries to ``feedback/rejected/``. Then
@@ -206,7 +207,8 @@ def label(store: Path, entry_id: str, name: str, data: Path, new_class: bool = F
                   "predicted": record["serving"]["label"], "model": record.get("model"),
                   "version": record["serving"]["version"], "at": record.get("at"),
                   "image": f"{entry.id}.png", "sha256": record.get("digest"),
-                  "source": "disagreement", "candidate": record.get("candidate")}  # fmt: skip
+                  "source": record.get("kind", "disagreement"),
+                  "candidate": record.get("candidate")}  # fmt: skip
     target = store / "feedback"
     if entry.image.exists():
         os.replace(entry.image, target / f"{entry.id}.png")
@@ -237,10 +239,25 @@ def _list(store: Path) -> None:
 
 
 def _list_to_label(store: Path) -> None:
-    """First: the inputs the serving version and a candidate disagreed on (the labels that
-    decide between them), each with the two answers."""
+    """First: the inputs the answering version said are of no class it knows (a new class
+    showing up: name it, with ``--new-class`` if it is new); then those the serving version and
+    a candidate disagreed on (the labels that decide between them), each with the two answers."""
     entries = pending(store, "tolabel")
+    unknown = [e for e in entries if e.record.get("kind") == "unknown"]
+    entries = [e for e in entries if e.record.get("kind") != "unknown"]
+    if unknown:
+        print("to label (of no class the model knows: name it; a new class needs --new-class):")
+        print(f"{'id':<32} {'at':<20} {'model':<20} answered (nearest class) · score")
+        for e in unknown:
+            r, s = e.record, e.record.get("serving", {})
+            print(f"{e.id:<32} {r.get('at', ''):<20} {r.get('model', '?'):<20} "
+                  f"v{s.get('version')} {s.get('label')} · {r.get('unknown_score')}")  # fmt: skip
+        print()
     if not entries:
+        if unknown:
+            print(f"{len(unknown)} to label: harvest label ID LABEL [--new-class] (or harvest "
+                  f"reject ID); the image is {store}/tolabel/ID.png")  # fmt: skip
+            print()
         return
     print("to label (the serving version and the candidate disagreed):")
     print(f"{'id':<32} {'at':<20} {'model':<20} serving says · candidate says")
@@ -249,8 +266,8 @@ def _list_to_label(store: Path) -> None:
         s, c = r.get("serving", {}), r.get("candidate", {})
         print(f"{e.id:<32} {r.get('at', ''):<20} {r.get('model', '?'):<20} "
               f"v{s.get('version')} {s.get('label')} · v{c.get('version')} {c.get('label')}")  # fmt: skip
-    print(f"{len(entries)} to label: harvest label ID LABEL (or harvest reject ID); the image "
-          f"is {store}/tolabel/ID.png")  # fmt: skip
+    print(f"{len(entries) + len(unknown)} to label: harvest label ID LABEL [--new-class] (or "
+          f"harvest reject ID); the image is {store}/tolabel/ID.png")  # fmt: skip
     print()
 
 
