@@ -18,7 +18,8 @@ import requests
 from PIL import Image
 
 from imgcls.preprocessing import load_image
-from model_preparation.reference import Reference, auc, embedder, features, photos
+from model_preparation.ood import auroc as auc
+from model_preparation.reference import Reference, embedder, features, photos
 from tests.conftest import run, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,10 +14,10 @@ from onnx import TensorProto, helper
 from imgcls.repository import Lifecycle, ModelDir, drift_from_parameters, parameters_in
 from model_preparation.common import PipelineError
 from model_preparation.onnx_utils import add_drift_output, layer_tensor, session
+from model_preparation.ood import auroc as auc
 from model_preparation.publish import publish_model, served_onnx
 from model_preparation.reference import (
     Reference,
-    auc,
     embedder,
     features,
     fit,

@@ -247,13 +247,6 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., :3].astype(np.uint8))
 
 
-def auc(inside: np.ndarray, outside: np.ndarray) -> float:
-    """P(an outside score > an inside score), ties counting half: the ROC AUC."""
-    greater = (outside[:, None] > inside[None]).mean()
-    ties = (outside[:, None] == inside[None]).mean()
-    return float(greater + ties / 2)
-
-
 def build(model: Path, prepared: Path, out: Path, report: Path, params: ReferenceParams,
           ood_report: Path | None = None, unknown_dir: Path | None = None) -> dict:  # fmt: skip
     from .tfdata import load_arrays  # TensorFlow: only this stage needs it, not publish
@@ -275,13 +268,16 @@ def build(model: Path, prepared: Path, out: Path, report: Path, params: Referenc
         "threshold": ref.threshold,
         "components": int(ref.projection.shape[1]),
         "held_out": _summary(held_out, ref.threshold),
-        "inverted_held_out": {**_summary(inverted, ref.threshold), "auc": auc(held_out, inverted)},
+        "inverted_held_out": {
+            **_summary(inverted, ref.threshold),
+            "auc": ood.auroc(held_out, inverted),
+        },
     }
     outside = outside_sets(meta, params.unknown.near_images, unknown_dir)
     scored = {name: probe(images) for name, images in outside.items()}
     if "photos" in scored:
         real = ref.score(scored["photos"].pooled)
-        result["photos"] = {**_summary(real, ref.threshold), "auc": auc(held_out, real)}
+        result["photos"] = {**_summary(real, ref.threshold), "auc": ood.auroc(held_out, real)}
     else:
         result["photos"] = None  # scikit-image is not installed: no photos to test against
     table = unknown_table(train, train_labels, val, scored, probe.head, params.unknown, ref)
