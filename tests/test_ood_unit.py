@@ -20,7 +20,7 @@ from model_preparation.onnx_utils import head_tensors, session
 from model_preparation.reference import choose
 
 D, CLASSES = 16, 3
-PARAMS = ood.UnknownParams(method="auto", false_flag_rate=0.02, components=4, knn_k=5,
+PARAMS = ood.UnknownParams(method="auto", choose_by="auroc", false_flag_rate=0.02, components=4, knn_k=5,
                            knn_bank=200, react_percentile=90.0, near_images=0)  # fmt: skip
 
 
@@ -125,10 +125,11 @@ def test_fpr95_and_the_threshold_on_known_scores():
                    "flagged": 0.75}  # fmt: skip
 
 
-def _row(near: float | None, photos: float) -> dict:
-    row = {"photos": {"auroc": photos}, "noise": {"auroc": 0.5}}
+def _row(near: float | None, photos: float, flagged: float = 0.1) -> dict:
+    row = {"photos": {"auroc": photos, "flagged": flagged},
+           "noise": {"auroc": 0.5, "flagged": 0.0}}  # fmt: skip
     if near is not None:
-        row["near"] = {"auroc": near}
+        row["near"] = {"auroc": near, "flagged": flagged}
     return row
 
 
@@ -139,12 +140,17 @@ def test_auto_serves_the_best_near_auroc_else_the_best_on_photos():
     assert choose(table, "knn") == "knn"  # a named method is served as named
     without_near = {m: _row(None, r["photos"]["auroc"]) for m, r in table.items()}
     assert choose(without_near, "auto") == "knn"
+    # the digits' case: the best ranking flags little at the served rate, another flags more
+    table["vim"], table["rmds"] = _row(0.962, 0.99, flagged=0.04), _row(0.958, 0.99, flagged=0.47)
+    assert choose(table, "auto") == "vim"
+    assert choose(table, "auto", by="flagged") == "rmds"
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"method": "odin"}, "method"),
+        ({"choose_by": "luck"}, "choose_by"),
         ({"false_flag_rate": 0.0}, "false_flag_rate"),
         ({"false_flag_rate": 0.6}, "false_flag_rate"),
         ({"components": 0}, "components"),

@@ -54,6 +54,7 @@ class UnknownParams:
     """params.yaml ``reference.unknown``."""
 
     method: str  # the one served: one of METHODS, or "auto" (the reference stage's choice)
+    choose_by: str  # auto's rule: "auroc" on the near set, or "flagged" at the served rate
     false_flag_rate: float  # of held-out known-class images flagged: sets the threshold
     components: int  # principal directions kept by mahalanobis, rmds and vim
     knn_k: int  # the neighbour whose similarity scores knn
@@ -65,6 +66,9 @@ class UnknownParams:
         if self.method not in (*METHODS, "auto"):
             raise UserError(f"reference.unknown.method: {self.method!r} is none of auto, "
                             f"{', '.join(METHODS)}")  # fmt: skip
+        if self.choose_by not in ("auroc", "flagged"):
+            raise UserError(f"reference.unknown.choose_by: {self.choose_by!r} is neither auroc "
+                            "nor flagged")  # fmt: skip
         if not 0.0 < self.false_flag_rate < 0.5:
             raise UserError("reference.unknown.false_flag_rate must be in (0, 0.5)")
         if not 0.0 < self.react_percentile <= 100.0:

@@ -281,7 +281,7 @@ def build(model: Path, prepared: Path, out: Path, report: Path, params: Referenc
     else:
         result["photos"] = None  # scikit-image is not installed: no photos to test against
     table = unknown_table(train, train_labels, val, scored, probe.head, params.unknown, ref)
-    chosen = choose(table, params.unknown.method)
+    chosen = choose(table, params.unknown.method, params.unknown.choose_by)
     scorer = ood.fit(chosen, train.features, train_labels, probe.head, params.unknown)
     limit = ood.threshold(scorer.score(val.features, val.logits), params.unknown.false_flag_rate)
     ref = replace(ref, unknown=scorer, unknown_threshold=limit)
@@ -426,17 +426,24 @@ def either_flag(ref: Reference, val: Embedded, scored: dict[str, Embedded]) -> d
     return {"held_out": share(val), **{name: share(e) for name, e in scored.items()}}
 
 
-def choose(table: dict[str, dict], method: str) -> str:
-    """``method``, or for ``auto`` the method (``ood.METHODS``) with the best AUROC on the
-    near set, else on photos, else on all sets on average."""
+def choose(table: dict[str, dict], method: str, by: str = "auroc") -> str:
+    """``method``, or for ``auto`` the method (``ood.METHODS``) best on the near set (else on
+    photos, else on all sets on average) by ``by``: ``auroc`` (how well it ranks, at any
+    threshold) or ``flagged`` (the share it flags at the served false-flag rate, what a user
+    gets; AUROC breaks ties)."""
     if method != "auto":
         return method
     sets = next(iter(table.values())).keys()
     key = "near" if "near" in sets else "photos" if "photos" in sets else None
 
     def rank(m: str) -> tuple[float, float]:
-        mean = float(np.mean([r["auroc"] for r in table[m].values()]))
-        return (table[m][key]["auroc"] if key else mean, mean)
+        rows = [table[m][key]] if key else list(table[m].values())
+        mean = float(np.mean([r["auroc"] for r in rows]))
+        return (
+            (float(np.mean([r["flagged"] for r in rows])), mean)
+            if by == "flagged"
+            else (mean, float(np.mean([r["auroc"] for r in table[m].values()])))
+        )
 
     return max(ood.METHODS, key=rank)
 
