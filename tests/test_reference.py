@@ -188,6 +188,88 @@ def test_the_config_declares_drift_only_when_every_loaded_version_has_it(tmp_pat
     assert 'name: "drift"' in target.render(Lifecycle(1))
 
 
+def _with_unknown(model: Path, ref: Reference, method: str = "mahalanobis") -> Reference:
+    """``ref`` with an unknown-class score fitted on the model's own head (layered_onnx: the
+    3 channel means feed a bias-less MatMul)."""
+    from dataclasses import replace
+
+    from model_preparation import ood
+    from model_preparation.onnx_utils import head_tensors
+    from model_preparation.reference import head_outputs
+
+    head = head_tensors(onnx.load(str(model)))
+    images = _images(60, 11, 0, 128)
+    feats, logits = head_outputs(model, images)
+    params = ood.UnknownParams(method=method, choose_by="auroc", false_flag_rate=0.05,
+                               components=2, knn_k=3, knn_bank=50, react_percentile=95.0,
+                               near_images=0)  # fmt: skip
+    scorer = ood.fit(method, feats, np.arange(60) % 3, ood.Head(head.weight, head.bias), params)
+    return replace(
+        ref, unknown=scorer, unknown_threshold=ood.threshold(scorer.score(feats, logits), 0.05)
+    )
+
+
+def test_the_unknown_output_is_published_declared_and_checked(tmp_path):
+    from imgcls.contract import UNKNOWN_NAME
+    from model_preparation.reference import head_outputs
+
+    model = layered_onnx(tmp_path / "m.onnx")
+    ref = _with_unknown(model, _reference(model))
+    repo = tmp_path / "repo"
+    publish_model("m", model, ["a", "b", "c"], repo, publish_params(), 0.9, reference=ref)
+    target = ModelDir(repo, "m")
+    assert target.version(1).unknown_threshold == pytest.approx(ref.unknown_threshold)
+    config = target.render(Lifecycle(1))
+    assert f'name: "{UNKNOWN_NAME}"' in config
+    assert drift_from_parameters(parameters_in(config), UNKNOWN_NAME) == {
+        1: pytest.approx(ref.unknown_threshold)}  # fmt: skip
+    served = repo / "m/1/model.onnx"
+    probe = _images(6, 12, 0, 256)
+    probs, drift, unknown = session(served).run(None, {"image": probe})
+    assert probs.shape == (6, 3) and drift.shape == unknown.shape == (6, 1)
+    expected = ref.unknown.score(*head_outputs(model, probe))
+    np.testing.assert_allclose(unknown[:, 0], expected, rtol=1e-4, atol=1e-4)
+    # a version published without the unknown score, loaded beside it: no such output declared
+    publish_model("m", model, ["a", "b", "c"], repo, publish_params(), 0.9,
+                  reference=Reference(ref.tensor, ref.axes, ref.projection, ref.offset,
+                                      ref.class_means, ref.threshold))  # fmt: skip
+    both = target.render(Lifecycle(1, 2, "canary", 10))
+    assert f'name: "{UNKNOWN_NAME}"' not in both and 'name: "drift"' in both
+
+
+def test_served_copy_is_refused_when_its_unknown_output_disagrees(tmp_path):
+    from model_preparation import ood
+
+    model = layered_onnx(tmp_path / "m.onnx")
+    ref = _with_unknown(model, _reference(model))
+    other = _with_unknown(model, _reference(model), method="energy").unknown
+    real = ood.add_output
+    try:
+        ood.add_output = lambda g, f, z, _scorer: real(g, f, z, other)
+        with pytest.raises(PipelineError, match="unknown output"):
+            served_onnx(model, ["a", "b", "c"], tmp_path / "bad.onnx", ref)
+    finally:
+        ood.add_output = real
+    served_onnx(model, ["a", "b", "c"], tmp_path / "ok.onnx", ref)  # the right one: accepted
+
+
+def test_a_reference_with_an_unknown_score_survives_save_and_load(tmp_path):
+    model = layered_onnx(tmp_path / "m.onnx")
+    ref = _with_unknown(model, _reference(model))
+    ref.save(tmp_path / "r.npz")
+    back = Reference.load(tmp_path / "r.npz")
+    assert back.unknown.method == "mahalanobis" and back.md5 == ref.md5
+    assert back.unknown_threshold == pytest.approx(ref.unknown_threshold)
+    probe = _images(5, 13, 0, 256)
+    from model_preparation.reference import head_outputs
+
+    np.testing.assert_allclose(back.unknown.score(*head_outputs(model, probe)),
+                               ref.unknown.score(*head_outputs(model, probe)))  # fmt: skip
+    from dataclasses import replace
+
+    assert replace(ref, unknown_threshold=ref.unknown_threshold + 1).md5 != ref.md5
+
+
 def test_republishing_with_another_reference_makes_a_new_version(tmp_path):
     repo = tmp_path / "repo"
     model = layered_onnx(tmp_path / "m.onnx")

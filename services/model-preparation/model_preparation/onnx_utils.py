@@ -138,7 +138,8 @@ class HeadTensors:
 
 def head_tensors(model: onnx.ModelProto) -> HeadTensors:
     """Walk back from the Softmax that makes ``OUTPUT_NAME``: Softmax ← Add(bias) ← MatMul(W) (or
-    one Gemm), passing quantize/dequantize nodes, so an INT8 copy of the graph is read the same."""
+    one Gemm, or a MatMul without a bias), passing quantize/dequantize nodes, so an INT8 copy of
+    the graph is read the same."""
     from onnx import numpy_helper
 
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -162,6 +163,10 @@ def head_tensors(model: onnx.ModelProto) -> HeadTensors:
     top = back(logits)
     if top.op_type == "Gemm":
         weight, bias = constant(top.input[1]), constant(top.input[2])
+        return HeadTensors(_undq(top.input[0], producer), logits, weight, bias)
+    if top.op_type == "MatMul":  # a dense layer without a bias
+        weight = constant(top.input[1])
+        bias = None if weight is None else np.zeros(weight.shape[1], weight.dtype)
         return HeadTensors(_undq(top.input[0], producer), logits, weight, bias)
     if top.op_type != "Add":
         raise PipelineError(f"the logits come from {top.op_type}, not a dense layer's Add")
