@@ -188,26 +188,31 @@ def test_triton_down_shows_the_message_and_the_retry_hint(browser, tmp_path):
         server.stop()
 
 
-def _unfamiliar_photo(api, tmp_path: Path) -> Path:
-    """A real photo (scikit-image's samples) that the served model flags as unfamiliar."""
+def _first_flagged(api, tmp_path: Path, candidates, flag: str, what: str) -> Path:
+    """The first of ``candidates`` (H×W×3 pixels) whose answer from the served model has
+    ``flag`` false, written as a PNG for the page to upload."""
     import io
 
     import requests
     from PIL import Image
 
-    from model_preparation.reference import photos
-
-    for i, pixels in enumerate(photos(48)):
+    for i, pixels in enumerate(candidates):
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, format="PNG")
-        body = requests.post(
-            f"{api.url}/predict", files={"image": buf.getvalue()}, timeout=30
-        ).json()
-        if body["familiar"] is False:
-            path = tmp_path / f"photo-{i}.png"
+        body = requests.post(f"{api.url}/predict", files={"image": buf.getvalue()},
+                             timeout=30).json()  # fmt: skip
+        if body[flag] is False:
+            path = tmp_path / f"{flag}-{i}.png"
             path.write_bytes(buf.getvalue())
             return path
-    raise AssertionError("the served model finds every sample photo familiar")
+    raise AssertionError(f"the served model flags none of the {what} ({flag} false)")
+
+
+def _unfamiliar_photo(api, tmp_path: Path) -> Path:
+    """A real photo (scikit-image's samples) that the served model flags as unfamiliar."""
+    from model_preparation.reference import photos
+
+    return _first_flagged(api, tmp_path, photos(48), "familiar", "sample photos")
 
 
 def test_an_unfamiliar_photo_is_flagged_and_a_correction_is_stored(
@@ -252,27 +257,14 @@ def test_an_unfamiliar_photo_is_flagged_and_a_correction_is_stored(
 def _unknown_class_image(api, tmp_path: Path) -> Path:
     """An image the served model says is of no class it knows: a demo shape it was not taught,
     a sample photo, a flat colour or noise, the first it flags."""
-    import io
-
     import numpy as np
-    import requests
-    from PIL import Image
 
     from model_preparation.reference import near_shapes, photos
 
     rng = np.random.default_rng(3)
     candidates = [*near_shapes(("circle", "square", "triangle"), 48, 4), *photos(48),
                   *rng.integers(0, 256, (8, 48, 48, 3)).astype(np.uint8)]  # fmt: skip
-    for i, pixels in enumerate(candidates):
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, format="PNG")
-        body = requests.post(f"{api.url}/predict", files={"image": buf.getvalue()},
-                             timeout=30).json()  # fmt: skip
-        if body["known_class"] is False:
-            path = tmp_path / f"unknown-{i}.png"
-            path.write_bytes(buf.getvalue())
-            return path
-    raise AssertionError("the served model flags none of the images as of an unknown class")
+    return _first_flagged(api, tmp_path, candidates, "known_class", "shapes, photos or noise")
 
 
 def test_an_image_of_no_known_class_is_flagged_and_named_as_a_new_class(
