@@ -17,11 +17,16 @@ RUNTIMES = ("onnxruntime", "openvino-bf16", "openvino-f32")
 
 
 def onnxruntime_session(path: Path | str, threads: int = 0):
-    """An ONNX Runtime CPU session; ``threads`` intra-op threads (0: one per core)."""
+    """An ONNX Runtime CPU session; ``threads`` intra-op threads (0: one per core).
+
+    Its threads sleep between operators instead of spinning: a spinning pool takes the cores
+    from every other process (a training, Triton, a second test worker) while it waits, so on a
+    shared machine it is slower for everyone, itself included (measured in docs/testing.md)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # errors only: graph-optimisation notices are not progress
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
