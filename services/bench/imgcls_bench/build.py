@@ -34,6 +34,41 @@ def _images(size: int, n: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
+def _served_method(method: str) -> str:
+    """The unknown-class method ``make up`` serves: ``reference.unknown.method``, or with
+    ``auto`` the one the committed ``ood.json`` chose (the demo model's measurement)."""
+    from model_preparation.common import OOD_REPORT
+
+    if method != "auto":
+        return method
+    if not OOD_REPORT.is_file():
+        raise SystemExit(f"reference.unknown.method auto: no {OOD_REPORT} says which to bench")
+    return json.loads(OOD_REPORT.read_text())["served"]
+
+
+def bench_reference(fp32: Path, size: int):
+    """The drift and unknown-class scores fitted on demo-style images of this random-weight
+    model, so the bench serves the same graph outputs as ``make up`` (their thresholds are
+    meaningless here; their cost is not)."""
+    from dataclasses import replace
+
+    from imgcls.params import load_settings
+    from model_preparation import ood
+    from model_preparation.reference import Probe, ReferenceParams, fit
+
+    params = load_settings(ReferenceParams, "reference")
+    images = _images(size, 96, seed=1)
+    labels = np.arange(len(images)) % len(LABELS)
+    probe = Probe(fp32, params.layer, params.batch_size)
+    seen = probe(images)
+    ref = fit(seen.pooled, labels, params.components, probe.early, probe.axes)
+    method = _served_method(params.unknown.method)
+    scorer = ood.fit(method, seen.features, labels, probe.head, params.unknown)
+    limit = float(np.quantile(scorer.score(seen.features, seen.logits), 0.99))
+    held = float(np.quantile(ref.score(seen.pooled), 0.99))
+    return replace(ref, threshold=held, unknown=scorer, unknown_threshold=limit)
+
+
 def build_models(out: Path, size: int) -> None:
     """ResNet50V2 at ``size`` (seeded random weights: speed does not depend on training) →
     FP32 ONNX, static QDQ INT8 ONNX; Triton models: as served (params.yaml ``publish``), with
@@ -66,16 +101,19 @@ def build_models(out: Path, size: int) -> None:
     served = load_params("publish")
     models = {
         "resnet50v2": (fp32, {}),
+        "resnet50v2_plain": (fp32, {}),  # without the drift and unknown outputs: their cost
         "resnet50v2_nobatch": (fp32, {"dynamic_batching": False}),
         "resnet50v2_1x2": (fp32, {"instance_count": 1, "intra_op_threads": 0}),
         "resnet50v2_2x1": (fp32, {"instance_count": 2, "intra_op_threads": 1}),
         "resnet50v2_int8": (int8, {}),
         "resnet50v2_bf16": (fp32, {}),  # the FP32 graph on OpenVINO in bfloat16
     }
+    reference = bench_reference(fp32, size)
     for name, (path, extra) in models.items():
         shutil.rmtree(repo / name, ignore_errors=True)  # version 1: the current build, serving
         params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
-        publish_model(name, path, LABELS, repo, params, precision="bf16" if "bf16" in name else "")
+        publish_model(name, path, LABELS, repo, params, precision="bf16" if "bf16" in name else "",
+                      reference=None if name.endswith("_plain") else reference)  # fmt: skip
     print(
         json.dumps(
             {

@@ -83,10 +83,13 @@ class Scenario:
         return "bf16" if self.model.endswith("_bf16") or "bf16" in self.runtime else "fp32"
 
 
+OUTPUTS_OFF_ROW = "API end to end, no drift or unknown-class output"
 SCENARIOS = (
     Scenario("triton direct (batching on)", "triton"),
     Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
     Scenario("API end to end (multipart JPEG)", "api"),
+    # The same graph without the drift and unknown-class outputs every served model carries.
+    Scenario(OUTPUTS_OFF_ROW, "api", "resnet50v2_plain"),
     Scenario("API end to end INT8", "api", "resnet50v2_int8", cells=TOP_TWO),
     Scenario("API end to end BF16 (OpenVINO)", "api", "resnet50v2_bf16", cells=TOP_TWO),
     # The front's share of the overhead, measured: same app and gunicorn config, no model.
