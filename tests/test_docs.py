@@ -158,3 +158,14 @@ def test_every_anchor_link_resolves(doc: Path):
         if not linked.is_file() or anchor not in anchors(linked):
             broken.append(f"{target}#{anchor}")
     assert not broken, f"{doc.name}: links to anchors that do not exist: {broken}"
+
+
+README_MAX_LINES = 450  # what it is, the two commands, the first curl, the map, settings, links
+
+
+def test_the_readme_stays_a_front_page():
+    """Deep dives, transcripts and measurement tables live in docs/ (the README links them)."""
+    lines = (REPO / "README.md").read_text("utf-8").splitlines()
+    assert len(lines) <= README_MAX_LINES, (
+        f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move a section to docs/"
+    )
