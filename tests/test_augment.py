@@ -18,7 +18,7 @@ STRONG = {"rotation": 0.2, "contrast": 0.5, "zoom_out": 1.0, "zoom_in": 0.5, "tr
 
 
 def settings(**changes):
-    from model_preparation.train import AugmentParams
+    from model_preparation.train_params import AugmentParams
 
     off = {k: (False if isinstance(v, bool) else 0.0) for k, v in PARAMS.items()}
     return AugmentParams(**{**off, **changes})

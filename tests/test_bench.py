@@ -94,7 +94,7 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
 
 
 def test_bench_headline_is_the_served_size_and_bad_sizes_are_refused(tmp_path):
-    from imgcls_bench.__main__ import served_size
+    from imgcls_bench.workload import served_size
 
     params = tmp_path / "params.yaml"
     params.write_text("prepare:\n  image_size: 96\n")

@@ -28,43 +28,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 from PIL import Image
 
 from imgcls.preprocessing import letterbox_image, load_image, to_rgb
 from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
-from model_preparation.tools.demo_data import render
 
 from . import explain, report
 from .lifecycle import promote_under_load
 from .measure import Row, closed_loop
 from .serving import SizeContext, open_loop_rows, peers_available, serving_rows
-
-IMAGE_SIZES = {
-    "320x240": (320, 240),
-    "640x480": (640, 480),
-    "1280x960": (1280, 960),
-    "4000x3000": (4000, 3000),
-}
+from .workload import IMAGE_SIZES, build_models, make_jpegs, parse_sizes, served_size
 
 
 def _log(msg: str) -> None:
     print(f"[bench] {msg}", flush=True)
-
-
-def make_jpegs(sizes: dict[str, tuple[int, int]]) -> dict[str, bytes]:
-    rng = np.random.default_rng(7)
-    out = {}
-    for name, (w, h) in sizes.items():
-        img = render("triangle", rng, min(w, h), min(w, h)).resize(
-            (w, h), Image.Resampling.BILINEAR
-        )
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        out[name] = buf.getvalue()
-    return out
 
 
 def bench_preprocessing(jpegs: dict[str, bytes], size: int, reps: int) -> list[dict]:
@@ -167,18 +146,6 @@ def limit_rows(fp32: Path, int8: Path, size: int, secs: float, quick: bool) -> l
     return rows + int8_rows + bf16_rows
 
 
-def served_size(params: Path = Path("params.yaml")) -> int:
-    """The image size of the model ``make up`` serves (``prepare.image_size``)."""
-    return int(yaml.safe_load(params.read_text(encoding="utf-8"))["prepare"]["image_size"])
-
-
-def _build(work: Path, size: int) -> dict:
-    cmd = [sys.executable, "-m", "imgcls_bench.build", "models", str(work / f"models-{size}"),
-           "--size", str(size)]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.splitlines()[-1])
-
-
 def _keras_vs_ort(built: dict, size: int, secs: float) -> dict:
     cmd = [sys.executable, "-m", "imgcls_bench.build", "keras-vs-ort", built["keras"],
            built["fp32"], "--size", str(size), "--seconds", str(secs)]  # fmt: skip
@@ -191,7 +158,7 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
     work, secs = Path(args.work).resolve(), args.seconds
     conc = [1, 2] if args.quick else [1, 4, 8, 16]
     _log(f"{size}²: building the FP32 and INT8 bench models (cached in {work})")
-    built = _build(work, size)
+    built = build_models(work, size)
     out: dict = {"size": size, "cpu_count": os.cpu_count()}
     out["preprocessing"] = bench_preprocessing(jpegs, size, 3 if args.quick else 20)
     out["decode_ms"] = next(p["ms_draft"] for p in out["preprocessing"] if p["image"] == "640x480")
@@ -251,25 +218,13 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--sizes takes integers like 64,224, not {text!r}"
-        ) from None
-    if not sizes or min(sizes) < 16:
-        raise argparse.ArgumentTypeError("--sizes needs image sizes of at least 16")
-    return sizes
-
-
 def main() -> None:
     exit_on_sigterm()  # a killed bench stops its servers too
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per cell")
-    parser.add_argument("--sizes", type=_sizes, default=None,
+    parser.add_argument("--sizes", type=parse_sizes, default=None,
                         help="image sizes, the headline first (default: the served size, 224)")  # fmt: skip
     parser.add_argument("--out", default="bench-results")
     parser.add_argument("--work", default=".cache/bench")

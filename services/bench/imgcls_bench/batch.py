@@ -43,6 +43,7 @@ from model_preparation.tools.demo_data import render
 
 from .measure import Row, closed_loop
 from .serving import http_worker, triton_worker
+from .workload import build_models
 
 MODEL = "resnet50v2"
 CONCURRENCY = 4  # the batch job's default
@@ -256,7 +257,6 @@ def render_md(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     exit_on_sigterm()  # a killed bench stops its servers too
-    from .__main__ import _build
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     _log(f"the archive: {args.images} JPEGs (cached in {work})")
     archive = make_archive(work / f"archive-{args.images}", args.images)
-    built = _build(work, args.size)
+    built = build_models(work, args.size)
     result = {"size": args.size, "images": args.images, "cpu_count": os.cpu_count(),
               **serving_rows(Path(built["repository"]), archive, run_dir, args.seconds, args.size)}  # fmt: skip
     if not args.skip_search:

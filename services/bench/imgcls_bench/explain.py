@@ -24,6 +24,7 @@ from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
 
 from .measure import Row, closed_loop
+from .workload import IMAGE_SIZES, build_models, make_jpegs, parse_sizes
 
 MODELS = {"fp32": "resnet50v2", "int8": "resnet50v2_int8"}
 MIX_EVERY = 10  # one request in ten is an explanation
@@ -91,7 +92,6 @@ def render(results: dict[int, list[dict]], title: str = f"## {TITLE}") -> str:
 
 def main(argv: list[str] | None = None) -> None:
     exit_on_sigterm()  # a killed bench stops its servers too
-    from .__main__ import IMAGE_SIZES, _build, _sizes, make_jpegs
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)  # fmt: skip
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     work, out = Path(args.work).resolve(), Path(args.out)
     jpeg = make_jpegs({"640x480": IMAGE_SIZES["640x480"]})["640x480"]
     results = {}
-    for size in _sizes(args.sizes):
-        built = _build(work, size)
+    for size in parse_sizes(args.sizes):
+        built = build_models(work, size)
         results[size] = measure_size(Path(built["repository"]), jpeg, work, args.seconds)
     out.mkdir(parents=True, exist_ok=True)
     text = render(results)

@@ -32,6 +32,8 @@ from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
 from local_stack.triton import TritonServer
 
+from .workload import IMAGE_SIZES, build_models, make_jpegs, served_size
+
 # The bench measures the mechanics, not a model's quality: no gate.
 
 
@@ -174,7 +176,6 @@ def render(result: dict) -> str:
 
 def main() -> None:
     exit_on_sigterm()  # a killed bench stops its servers too
-    from .__main__ import IMAGE_SIZES, _build, make_jpegs, served_size
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -185,7 +186,7 @@ def main() -> None:
     parser.add_argument("--work", default=".cache/bench")
     args = parser.parse_args()
     size, work = args.size or served_size(), Path(args.work).resolve()
-    built = _build(work, size)
+    built = build_models(work, size)
     jpeg = make_jpegs({"640x480": IMAGE_SIZES["640x480"]})["640x480"]
     result = promote_under_load(Path(built["repository"]), Path(built["fp32"]), jpeg, work,
                                 args.seconds, args.clients)  # fmt: skip

@@ -25,7 +25,7 @@ from .network import augmenter  # noqa: E402
 from .tfdata import training_data, validation_data  # noqa: E402
 
 if TYPE_CHECKING:
-    from .train import TrainParams
+    from .train_params import TrainParams
 
 
 class Steps:

@@ -13,7 +13,7 @@ import keras  # noqa: E402
 from .adasmooth import AdaSmooth  # noqa: E402
 
 if TYPE_CHECKING:
-    from .train import AugmentParams, TrainParams
+    from .train_params import AugmentParams, TrainParams
 
 
 def build_model(image_size: int, num_classes: int, bn_momentum: float = 0.9) -> keras.Model:

@@ -28,14 +28,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from .common import (
     ARTIFACTS,
     DVCLIVE,
     KERAS_MODEL,
-    OPTIMIZERS,
     PREPARED,
     PipelineError,
     Prepared,
@@ -50,71 +48,11 @@ import tensorflow as tf  # noqa: E402
 
 from .loop import Run, fit  # noqa: E402
 from .network import build_model, make_optimizer  # noqa: E402
+from .train_params import TrainParams  # noqa: E402
 from .warmstart import parse_init, record, serving_source, warm_start  # noqa: E402
 
-CACHES = ("none", "file", "memory")
-POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # train.mixed_precision
 HEARTBEAT_TIMEOUT_S = 120  # a starved worker is still alive (see _tolerate_busy_workers)
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # a CPU that computes bfloat16 natively
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """params.yaml ``train.augment``: each a random change per training image, 0 = off."""
-
-    flip: bool
-    rotation: float  # fraction of a full turn
-    contrast: float  # up to this factor away from 1
-    zoom_out: float  # the picture shrunk to 1 / (1 + up to this): the object smaller
-    zoom_in: float  # up to this share cropped away: the object larger
-    translate: float  # moved by up to this share of each side
-    noise: float  # Gaussian noise, σ up to this (pixel units)
-    blur: float  # Gaussian blur of half the images, σ up to this (pixels)
-    brightness: float  # up to this share of the range lighter or darker
-
-    def __post_init__(self) -> None:
-        bounds = {"rotation": 1.0, "contrast": 1.0, "zoom_out": 1.0, "zoom_in": 0.9,
-                  "translate": 0.5, "noise": 128.0, "blur": 8.0, "brightness": 1.0}  # fmt: skip
-        for name, high in bounds.items():
-            value = getattr(self, name)
-            if not 0 <= value <= high:
-                raise PipelineError(f"train.augment.{name}: {value!r} is out of range 0–{high:g}")
-
-
-@dataclass(frozen=True)
-class TrainParams:
-    """params.yaml ``train``."""
-
-    epochs: int
-    steps_per_epoch: int
-    batch_size: int  # global: split across every replica of every worker
-    optimizer: str
-    learning_rate: float
-    momentum: float  # sgd only
-    bn_momentum: float
-    patience: int
-    seed: int
-    cache: str
-    mixed_precision: str  # auto, or a Keras policy: float32 | mixed_bfloat16 | mixed_float16
-    augment: AugmentParams
-    init: str  # scratch | serving | serving:<model>: the weights training starts from
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise PipelineError(
-                f"train.optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
-            )
-        if self.cache not in CACHES:
-            raise PipelineError(f"train.cache {self.cache!r}: choose one of {', '.join(CACHES)}")
-        if self.mixed_precision not in POLICIES:
-            raise PipelineError(
-                f"train.mixed_precision {self.mixed_precision!r}: choose one of "
-                f"{', '.join(POLICIES)}"
-            )
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"train.{name} must be at least 1")
-        parse_init(self.init)
 
 
 def precision_policy(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:

@@ -262,7 +262,8 @@ def objective_for(params: SearchParams, train_section: dict):
     import keras
     import optuna
 
-    from ..train import TrainParams, train
+    from ..train import train
+    from ..train_params import TrainParams
 
     def objective(trial) -> float:
         keras.backend.clear_session()  # one process, many trials: drop the last one's graphs
