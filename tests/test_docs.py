@@ -121,6 +121,29 @@ def test_every_api_route_named_exists():
     assert not missing, f"routes the docs name but the API lacks: {sorted(missing)}"
 
 
+# The page, its files and the API's description of itself: served, but not API operations.
+NOT_OPERATIONS = {"/", "/docs", "/docs/assets/{}", "/openapi.json", "/static/{}", "/web/{}"}
+
+
+def test_openapi_describes_every_route_and_only_routes():
+    """Each route's methods are the operations ``/openapi.json`` lists for its path, and every
+    path it lists is a route: a route added without its description fails here."""
+    from imgcls_api import create_app
+
+    app = create_app({"triton_url": "127.0.0.1:1"})
+    served: dict[str, set[str]] = {}
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<[^>]+>", "{}", rule.rule)
+        if path not in NOT_OPERATIONS:
+            served.setdefault(path, set()).update(
+                m.lower() for m in rule.methods - {"HEAD", "OPTIONS"}
+            )
+    described = app.test_client().get("/openapi.json").get_json()["paths"]
+    described = {re.sub(r"\{[^}]+\}", "{}", p): set(ops) & {"get", "post", "put", "delete", "patch"}
+                 for p, ops in described.items()}  # fmt: skip
+    assert described == served
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, markup and punctuation dropped, spaces → -."""
     text = re.sub(r"`|\*\*|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
