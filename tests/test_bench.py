@@ -30,7 +30,7 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     assert {"triton direct (batching on)", "triton direct (batching off)", "API end to end (multipart JPEG)",
             "API end to end INT8", "API end to end BF16 (OpenVINO)",
             "API, its batching off (BATCH_SLOTS=0)",
-            "API end to end, no drift or unknown-class output",
+            "API end to end, no drift or unknown-class output", "API end to end, capture on",
             "peer: Flask threaded=False + JSON tensors",
             "API front alone (no model: answers from memory)"} <= names  # fmt: skip
     failed = [r for r in bench["rows"] if r["errors"] or not r["img_per_s"] > 0]
@@ -40,7 +40,10 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     configs = bench_work / "models-32/repository"
     assert "unknown" in (configs / "resnet50v2/config.pbtxt").read_text()
     assert "unknown" not in (configs / "resnet50v2_plain/config.pbtxt").read_text()
-    assert {"outputs_cpu_share_c1", "outputs_cpu_share_c2"} <= set(bench["targets"])
+    assert {"outputs_cpu_share_c1", "outputs_cpu_share_c2", "capture_cpu_share_c1",
+            "capture_cpu_share_c2"} <= set(bench["targets"])  # fmt: skip
+    captured = list((bench_work / "capture-32").rglob("*"))  # the capture row's own store
+    assert any(p.is_file() for p in captured)
     assert bench["limit_img_per_s"] > 0 and bench["cold_start"]["stack_ready_s"] > 0
     opened = bench["open_loop"]  # both layouts at each offered rate, answered without error
     assert len(opened) == 4 and all(r["errors"] == 0 and r["img_per_s"] > 0 for r in opened)

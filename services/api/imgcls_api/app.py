@@ -18,7 +18,7 @@ from .triton import TritonGateway
 
 def build_app(config: dict[str, Any] | None = None) -> Flask:
     settings = Settings.from_env().override(config)
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # static/ is the page's, served under /web/ (web.py)
     app.config["SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_upload_mb * 1024 * 1024)
     app.json.sort_keys = False

@@ -1,6 +1,6 @@
 """The page people use (``/``), the interactive API explorer (``/docs``) and their headers.
 
-Both are static files served by Flask: plain HTML/CSS/JS in ``web/`` and Swagger UI's own
+Both are static files served by Flask: plain HTML/CSS/JS in ``static/`` and Swagger UI's own
 assets from the ``swagger-ui-bundle-v2`` package, so nothing is fetched from another origin.
 No inline script or event handler exists, which lets the Content-Security-Policy allow
 same-origin scripts only; previews of user-chosen files are ``blob:`` images.
@@ -13,7 +13,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, send_from_directory
 from swagger_ui_bundle import swagger_ui_path
 
-WEB = Path(__file__).parent / "web"
+WEB = Path(__file__).parent / "static"
 SWAGGER_UI = Path(str(swagger_ui_path))
 CSP = "; ".join(
     (

@@ -84,12 +84,16 @@ class Scenario:
 
 
 OUTPUTS_OFF_ROW = "API end to end, no drift or unknown-class output"
+CAPTURE_ROW = "API end to end, capture on"
+CAPTURE_HERE = "<run>"  # a CAPTURE_DIR of its own in the run's scratch folder
 SCENARIOS = (
     Scenario("triton direct (batching on)", "triton"),
     Scenario("triton direct (batching off)", "triton", "resnet50v2_nobatch"),
     Scenario("API end to end (multipart JPEG)", "api"),
     # The same graph without the drift and unknown-class outputs every served model carries.
     Scenario(OUTPUTS_OFF_ROW, "api", "resnet50v2_plain"),
+    # Capture on (as `make up` runs it): every answer on record and CAPTURE_RATE of the images.
+    Scenario(CAPTURE_ROW, "api", env={"CAPTURE_DIR": CAPTURE_HERE}),
     Scenario("API end to end INT8", "api", "resnet50v2_int8", cells=TOP_TWO),
     Scenario("API end to end BF16 (OpenVINO)", "api", "resnet50v2_bf16", cells=TOP_TWO),
     # The front's share of the overhead, measured: same app and gunicorn config, no model.
@@ -241,7 +245,9 @@ def _triton_front(s: Scenario, triton: TritonServer, ctx: SizeContext) -> Iterat
 
 @contextlib.contextmanager
 def _api_front(s: Scenario, triton: TritonServer, ctx: SizeContext) -> Iterator[tuple]:
-    env = {"MODEL_NAME": s.model, **s.env}
+    env = {"MODEL_NAME": s.model, "CAPTURE_DIR": "", **s.env}  # capture off unless the row says
+    if env["CAPTURE_DIR"] == CAPTURE_HERE:
+        env["CAPTURE_DIR"] = str(ctx.work / f"capture-{ctx.size}")
     with ApiServer(triton.url, workdir=ctx.work / f"api-{s.model}", env=env) as api:
         counters = _both(triton_counters(triton, s.model), cpu_by_part(triton, api))
         yield http_worker(f"{api.url}/predict", ctx.jpeg), _pids(triton, api), counters
