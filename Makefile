@@ -61,7 +61,7 @@ $(STAMP): requirements/dev.lock requirements/local-triton.lock pyproject.toml
 	   $(BIN)/python -m pip install --no-deps -e . ) > $(VENV)/install.log 2>&1 || \
 	   { tail -n 40 $(VENV)/install.log; echo "[install] failed: see $(VENV)/install.log"; exit 1; }
 	@$(BIN)/python -c "import imgcls_api, model_preparation, local_stack, tensorflow, onnxruntime; \
-		from local_stack.triton import pytriton_root; assert (pytriton_root() / 'bin/tritonserver').exists()" \
+		from local_stack.tritonserver import pytriton_root; assert (pytriton_root() / 'bin/tritonserver').exists()" \
 		2>>$(VENV)/install.log || { echo "[install] the environment is incomplete: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 	@echo "[install] done"

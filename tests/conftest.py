@@ -57,7 +57,7 @@ def model_repository(tiny_project: Path) -> Path:
 @pytest.fixture(scope="session")
 def triton(model_repository: Path, tmp_path_factory):
     """The real tritonserver serving the tiny model, stopped at the end of the session."""
-    from local_stack.triton import TritonServer
+    from local_stack.tritonserver import TritonServer
 
     server = TritonServer(model_repository, workdir=tmp_path_factory.mktemp("triton"))
     try:
@@ -115,7 +115,7 @@ class InMemoryGateway:
                  drift_threshold: float | None = 1.0,
                  unknown_threshold: float | None = 1.0):  # fmt: skip
         from imgcls.contract import DEFAULT_MODELS
-        from imgcls_api.triton import ModelInfo
+        from imgcls_api.gateway import ModelInfo
 
         self.infos = {
             name: ModelInfo(
@@ -157,14 +157,14 @@ class InMemoryGateway:
         return self._check(model)
 
     def route(self, model: str):
-        from imgcls_api.triton import Route
+        from imgcls_api.gateway import Route
 
         return Route(self._check(model))
 
     def infer(self, images, model: str, compare: bool = True):
         import numpy as np
 
-        from imgcls_api.triton import Outputs
+        from imgcls_api.gateway import Outputs
 
         info = self._check(model)
         self.batches.append(images)

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from local_stack.api import ApiServer
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 from tests.builds import REPO, merge
 
 KEY = "lifecycle-test-admin-key"

@@ -17,7 +17,7 @@ import requests
 
 from imgcls.preprocessing import load_image
 from local_stack.api import ApiServer
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 from model_preparation.onnx_utils import session
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -20,7 +20,7 @@ import requests
 
 from local_stack.api import ApiServer
 from local_stack.procs import free_port, http_status
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

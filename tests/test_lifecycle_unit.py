@@ -28,7 +28,7 @@ from imgcls.params import Inconclusive, Refused, UserError
 from imgcls.repository import Lifecycle, ModelDir, RepositoryError
 from imgcls.stats import Paired, binomial_tail, wilson, z_score
 from imgcls.triton_control import TritonControl
-from imgcls_api.triton import classify, compare_top1
+from imgcls_api.gateway import compare_top1, failure_kind
 from model_preparation.publish import publish_model
 from tests.models import publish_params, tiny_onnx
 
@@ -594,7 +594,7 @@ def test_answers_are_compared_by_label_name_and_new_classes_count_apart():
     ],
 )
 def test_triton_failures_are_classified_by_status_first(status, text, kind):
-    assert classify(status, text) == kind
+    assert failure_kind(status, text) == kind
 
 
 def test_a_drift_output_the_config_dropped_makes_the_api_route_again():
@@ -602,8 +602,8 @@ def test_a_drift_output_the_config_dropped_makes_the_api_route_again():
     the output, and a request still asking for it is routed again (retried), not a 502."""
     from tritonclient.utils import InferenceServerException
 
+    from imgcls_api.gateway import TritonGateway, VersionGone
     from imgcls_api.settings import Settings
-    from imgcls_api.triton import TritonGateway, VersionGone
 
     gateway = TritonGateway(Settings())
     exc = InferenceServerException("unexpected inference output 'drift' for model 'resnet50v2'",

@@ -232,7 +232,7 @@ def test_concurrent_requests_each_get_their_own_answer(
 def test_readyz_is_503_until_triton_has_the_model_then_200(model_repository, tmp_path):
     from local_stack.api import ApiServer
     from local_stack.procs import free_port
-    from local_stack.triton import TritonServer
+    from local_stack.tritonserver import TritonServer
 
     port = free_port()
     api = ApiServer(f"127.0.0.1:{port}", workdir=tmp_path / "api", env={"CONNECT_TIMEOUT_S": "0.5"})
@@ -285,7 +285,7 @@ def _stub_threads(model_dir: Path) -> list[int]:
 def test_config_thread_layout_reaches_onnxruntime(tmp_path):
     """``instance_count`` and ``intra_op_thread_count`` from config.pbtxt are honoured: two stubs,
     and the three-thread model's stubs hold the two extra ONNX Runtime pool threads."""
-    from local_stack.triton import TritonServer
+    from local_stack.tritonserver import TritonServer
     from model_preparation.publish import publish
     from tests.models import publish_params, tiny_onnx
 

@@ -11,9 +11,9 @@ from flask import Flask
 from . import auth, explain, feedback, observability, openapi, web
 from .capture import CaptureStore
 from .errors import register_error_handlers
+from .gateway import TritonGateway
 from .routes import bp
 from .settings import Settings
-from .triton import TritonGateway
 
 
 def build_app(config: dict[str, Any] | None = None) -> Flask:

@@ -1,5 +1,5 @@
 """Work that must not delay the answer: the shadow and comparison calls to a second version
-(``triton.py``), and the capture store's writes (``capture.py``).
+(``gateway.py``), and the capture store's writes (``capture.py``).
 
 A user's answer never waits for them. At most ``limit`` run at once per worker; beyond that the
 work is not done and the caller counts it (``api_mirror_skipped_total``,

@@ -46,7 +46,7 @@ class Batcher(Generic[T]):
 
     ``send(key, images)`` gets the images of whole requests stacked (at most ``max_batch(key)``
     images, unless one request alone has more) and returns ``(outputs, extra)`` with one output
-    row per image (anything sliced by rows: an array, ``triton.Outputs``); each request gets its
+    row per image (anything sliced by rows: an array, ``gateway.Outputs``); each request gets its
     rows and the same ``extra``. An exception from ``send`` reaches every request of that batch. ``slots`` calls per key may be in flight at once.
     """
 

@@ -10,9 +10,9 @@ from flask import Blueprint, current_app, g, jsonify, request
 from . import inputs, monitoring
 from .capture import Answer, CaptureStore, UnknownInput
 from .errors import ApiError
+from .gateway import ModelInfo, TritonGateway
 from .monitoring import Familiarity, KnownClass
 from .settings import Settings
-from .triton import ModelInfo, TritonGateway
 
 bp = Blueprint("api", __name__)
 

@@ -1,7 +1,7 @@
 """Classify every file of a source through Triton, in batches, into rows.
 
 The API's own pieces do the work: ``imgcls.preprocessing.load_image`` decodes (the same pixels
-``/predict`` sees) and ``imgcls_api.triton.TritonGateway`` calls Triton (the same routing, error
+``/predict`` sees) and ``imgcls_api.gateway.TritonGateway`` calls Triton (the same routing, error
 translation and binary tensors), pinned to one version so an archive is labelled by one model.
 Files are read and hashed in order on the caller's thread; each batch is decoded and sent on a
 pool of ``concurrency`` threads, with at most two batches per thread in flight, so memory does
@@ -22,8 +22,8 @@ import numpy as np
 from imgcls.contract import MAX_IMAGE_PIXELS
 from imgcls.preprocessing import ImageError, load_image
 from imgcls_api.errors import ApiError
+from imgcls_api.gateway import ModelInfo, Outputs, TritonGateway
 from imgcls_api.settings import Settings
-from imgcls_api.triton import ModelInfo, Outputs, TritonGateway
 
 from .sources import Item
 

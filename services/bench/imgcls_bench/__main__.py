@@ -33,7 +33,7 @@ from PIL import Image
 from imgcls.preprocessing import letterbox_image, load_image, to_rgb
 from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 
 from . import explain, report
 from .lifecycle import promote_under_load

@@ -38,7 +38,7 @@ import yaml
 
 from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 from model_preparation.tools.demo_data import render
 
 from .measure import Row, closed_loop

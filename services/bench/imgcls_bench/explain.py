@@ -21,7 +21,7 @@ import requests
 
 from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 
 from .measure import Row, closed_loop
 from .workload import IMAGE_SIZES, build_models, make_jpegs, parse_sizes

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from imgcls_api import create_app
-from imgcls_api.triton import ModelInfo, Outputs, Route
+from imgcls_api.gateway import ModelInfo, Outputs, Route
 
 
 class MemoryGateway:

@@ -30,7 +30,7 @@ from imgcls.lifecycle import Controller
 from imgcls.triton_control import TritonControl
 from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 
 from .workload import IMAGE_SIZES, build_models, make_jpegs, served_size
 

@@ -22,7 +22,7 @@ import tritonclient.http as httpclient
 
 from local_stack.api import ApiServer
 from local_stack.procs import ManagedProcess, free_port
-from local_stack.triton import TritonServer
+from local_stack.tritonserver import TritonServer
 
 from .measure import Row, closed_loop, open_loop, tree_cpu_seconds
 

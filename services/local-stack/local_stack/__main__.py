@@ -15,7 +15,7 @@ from imgcls.contract import LOCAL_ADMIN_KEY_FILE
 
 from .api import ApiServer
 from .procs import log_tail
-from .triton import TritonServer
+from .tritonserver import TritonServer
 
 
 def _parse() -> argparse.Namespace:

@@ -244,7 +244,7 @@ class TritonGateway:
     def _translate(self, exc: InferenceServerException, model: str, version: str) -> ApiError:
         """Triton's HTTP status decides; the message only when it carries none."""
         text = str(exc.message() or exc)
-        kind = classify(_status(exc), text)
+        kind = failure_kind(_status(exc), text)
         if f"output '{DRIFT_NAME}'" in text:
             # The config no longer declares the drift output (a version without one was loaded
             # beside this one): this routing is stale. Route again: the new one does not ask.
@@ -459,7 +459,7 @@ class TritonGateway:
                 ))  # fmt: skip
 
 
-def classify(status: int | None, text: str) -> str:
+def failure_kind(status: int | None, text: str) -> str:
     """``unavailable`` | ``timeout`` | ``error`` for a Triton failure: by HTTP status when there
     is one (404 unknown model/version, 503 not ready), else by the message's words."""
     if status is not None:
