@@ -208,7 +208,7 @@ def api_log():
     import json
     import logging
 
-    from imgcls_api.observability import JsonFormatter
+    from imgcls_api.telemetry import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -11,8 +11,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 import imgcls_api.capture
-import imgcls_api.monitoring
-import imgcls_api.observability  # noqa: F401
+import imgcls_api.model_metrics
+import imgcls_api.telemetry  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "deploy/monitoring"

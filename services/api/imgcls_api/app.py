@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, explain, feedback, observability, openapi, web
+from . import auth, explain, feedback, openapi, telemetry, web
 from .capture import CaptureStore
 from .errors import register_error_handlers
 from .gateway import TritonGateway
@@ -35,8 +35,8 @@ def build_app(config: dict[str, Any] | None = None) -> Flask:
     )
     if app.extensions["capture"] is not None:  # what two versions disagree on: to be labelled
         app.extensions["triton"].on_disagreement = app.extensions["capture"].to_label
-    observability.configure_logging(settings.api_log_level)
-    observability.init_app(app)
+    telemetry.configure_logging(settings.api_log_level)
+    telemetry.init_app(app)
     auth.init_app(app, settings)
     register_error_handlers(app)
     app.register_blueprint(bp)

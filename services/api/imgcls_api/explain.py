@@ -17,7 +17,7 @@ from flask import Blueprint, current_app, request
 
 from imgcls.explain import MAX_IMAGES, Occlusion, overlay_png
 
-from . import inputs, monitoring
+from . import inputs, model_metrics
 from .errors import ApiError
 from .routes import admitted, answer, chosen_model, refuse_oversized_body, result_json
 from .settings import Settings
@@ -47,8 +47,8 @@ def _explain():
     for i, pixels in enumerate(images):
         rows = outputs[i * per_image : (i + 1) * per_image]
         probs = rows.probabilities
-        drift = monitoring.familiarity(rows.drift, info.drift_threshold, per_image)[0]
-        unknown = monitoring.known_class(rows.unknown, info.unknown_threshold, per_image)[0]
+        drift = model_metrics.familiarity(rows.drift, info.drift_threshold, per_image)[0]
+        unknown = model_metrics.known_class(rows.unknown, info.unknown_threshold, per_image)[0]
         result = result_json(probs[0], info.labels, None, drift, unknown)
         index = _class_index(info.labels, int(np.argmax(probs[0])))
         grid = occlusion.heatmap(probs[:, index])

@@ -52,7 +52,8 @@ from .batching import Batcher
 from .capture import Disagreement
 from .cooperative import gevent_active
 from .errors import ApiError
-from .observability import (
+from .settings import Settings
+from .telemetry import (
     COMPARISONS,
     MIRROR_SKIPPED,
     MODEL_ERRORS,
@@ -63,7 +64,6 @@ from .observability import (
     MODEL_UNKNOWN,
     TRITON_LATENCY,
 )
-from .settings import Settings
 
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (socket.timeout, TimeoutError)
 try:  # geventhttpclient raises gevent's Timeout on network_timeout

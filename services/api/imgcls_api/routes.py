@@ -7,11 +7,11 @@ import contextlib
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
 
-from . import inputs, monitoring
+from . import inputs, model_metrics
 from .capture import Answer, CaptureStore, UnknownInput
 from .errors import ApiError
 from .gateway import ModelInfo, TritonGateway
-from .monitoring import Familiarity, KnownClass
+from .model_metrics import Familiarity, KnownClass
 from .settings import Settings
 
 bp = Blueprint("api", __name__)
@@ -130,9 +130,9 @@ def _predict():
     batch = np.stack(images)
     outputs, info = gateway.infer(batch, model)
     probs = outputs.probabilities
-    drift = monitoring.familiarity(outputs.drift, info.drift_threshold, len(probs))
-    unknown = monitoring.known_class(outputs.unknown, info.unknown_threshold, len(probs))
-    monitoring.observe(info.name, info.version, info.labels, probs, drift,
+    drift = model_metrics.familiarity(outputs.drift, info.drift_threshold, len(probs))
+    unknown = model_metrics.known_class(outputs.unknown, info.unknown_threshold, len(probs))
+    model_metrics.observe(info.name, info.version, info.labels, probs, drift,
                        settings.low_confidence, unknown)  # fmt: skip
     results = [result_json(p, info.labels, top_k, d, u)
                for p, d, u in zip(probs, drift, unknown, strict=True)]  # fmt: skip
