@@ -87,10 +87,14 @@ def _set_params(checkout: Path, override: dict) -> None:
 
 def _compose(stack, *args: str, timeout: float = 600, check: bool = True):
     env, checkout, project = stack["env"], stack["checkout"], stack["project"]
-    result = subprocess.run(
-        ["docker", "compose", "-p", project, *args],
-        cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    try:
+        result = subprocess.run(
+            ["docker", "compose", "-p", project, *args],
+            cwd=checkout, env=env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"docker compose {' '.join(args)} took over {timeout:g} s; what "
+                             f"every container said:\n{_containers_said(stack)}") from exc  # fmt: skip
     if check and result.returncode != 0:
         logs = subprocess.run(
             ["docker", "compose", "-p", project, "logs", "--tail", "60"],
@@ -100,6 +104,21 @@ def _compose(stack, *args: str, timeout: float = 600, check: bool = True):
             f"docker compose {' '.join(args)} failed:\n{result.stderr[-3000:]}\n{logs.stdout}"
         )
     return result
+
+
+def _containers_said(stack) -> str:
+    """Each of the project's containers (one-off `run` ones included): state and last lines."""
+    env, project = stack["env"], stack["project"]
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                         env=env, capture_output=True, text=True, timeout=60).stdout.split()  # fmt: skip
+    parts = []
+    for cid in ids:
+        state = subprocess.run(["docker", "inspect", "-f", "{{.Name}} {{.State.Status}}", cid],
+                               env=env, capture_output=True, text=True, timeout=60).stdout  # fmt: skip
+        logs = subprocess.run(["docker", "logs", "--tail", "30", cid], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        parts.append(f"--- {state.strip()}\n{logs.stdout[-2000:]}{logs.stderr[-2000:]}")
+    return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
