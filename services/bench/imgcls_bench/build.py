@@ -64,8 +64,8 @@ def bench_reference(fp32: Path, size: int):
     ref = fit(seen.pooled, labels, params.components, probe.early, probe.axes)
     method = _served_method(params.unknown.method)
     scorer = ood.fit(method, seen.features, labels, probe.head, params.unknown)
-    limit = float(np.quantile(scorer.score(seen.features, seen.logits), 0.99))
-    held = float(np.quantile(ref.score(seen.pooled), 0.99))
+    limit = ood.threshold(scorer.score(seen.features, seen.logits), params.unknown.false_flag_rate)
+    held = float(np.quantile(ref.score(seen.pooled), params.quantile))  # as the reference stage
     return replace(ref, threshold=held, unknown=scorer, unknown_threshold=limit)
 
 
