@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 REPO = Path(__file__).resolve().parents[1]
 REQ = REPO / "requirements"
 LOCKS = {"dev": ["api", "train", "dev"], "api": ["api"], "train": ["train"],
-         "local-triton": ["local-triton"]}  # fmt: skip
+         "local-triton": ["local-triton"], "uv": ["uv"]}  # fmt: skip
 
 
 def pins(lock: Path) -> dict[str, tuple[str, int]]:
@@ -48,7 +48,7 @@ def test_every_pin_is_hashed_and_meets_the_requirements(lock):
             )
 
 
-@pytest.mark.parametrize("image", ["api", "train"])
+@pytest.mark.parametrize("image", ["api", "train", "uv"])
 def test_the_images_run_the_versions_the_tests_run(image):
     venv, locked = pins(REQ / "dev.lock"), pins(REQ / f"{image}.lock")
     differ = {n: (v, venv.get(n, ("absent",))[0]) for n, (v, _) in locked.items()
@@ -59,10 +59,15 @@ def test_the_images_run_the_versions_the_tests_run(image):
 @pytest.mark.parametrize(
     ("installer", "lock"),
     [("services/api/Dockerfile", "api.lock"), ("services/model-preparation/Dockerfile", "train.lock"),
-     ("Makefile", "dev.lock"), ("Makefile", "local-triton.lock")],
+     ("Makefile", "dev.lock"), ("Makefile", "local-triton.lock"),
+     *[(installer, "uv.lock") for installer in ("Makefile", "services/api/Dockerfile",
+                                               "services/model-preparation/Dockerfile")]],
 )  # fmt: skip
 def test_every_installer_reads_a_lock_with_hashes(installer, lock):
+    """pip installs uv from its lock, uv the rest from theirs (the Makefile's ``$(UV_PIP)`` is
+    ``uv pip install``), each with --require-hashes."""
     text = (REPO / installer).read_text()
-    assert re.search(rf"pip install --require-hashes (--no-deps )?-r \S*requirements/{lock}", text)
+    installs = r"(pip install|\$\(UV_PIP\))( --system --no-cache --compile-bytecode)?"
+    assert re.search(rf"{installs} --require-hashes (--no-deps )?-r \S*requirements/{lock}", text)
     # unlocked only: the bench's optional peers environment (its own venv, never the project's)
     assert not re.search(r"pip install (-q )?-r \S*requirements/(?!bench)\w+\.txt", text)
