@@ -100,89 +100,12 @@ def captured_api(triton, capture_dir, tmp_path_factory):
         server.stop()
 
 
-class InMemoryGateway:
-    """Stands in for ``TritonGateway`` in *unit* tests of the API (parsing, errors, responses).
-
-    Serves the default ``MODELS`` (FP32, INT8, BF16). Probabilities are a
-    deterministic function of each image's mean colour, so a test can tell which image produced
-    which result; so is the drift score (mean brightness / 100, threshold 1: a bright image is
-    unfamiliar), and the unknown-class score (2 minus the spread of the channel means / 64,
-    threshold 1: a grey image is of no class it knows). Tests that claim to test Triton use the
-    real one.
-    """
-
-    def __init__(self, labels=("circle", "square", "triangle"), size=(8, 8), max_batch_size=4,
-                 drift_threshold: float | None = 1.0,
-                 unknown_threshold: float | None = 1.0):  # fmt: skip
-        from imgcls.contract import DEFAULT_MODELS
-        from imgcls_api.gateway import ModelInfo
-
-        self.infos = {
-            name: ModelInfo(
-                name=name,
-                version="1",
-                input_name="image",
-                input_dtype="UINT8",
-                height=size[0],
-                width=size[1],
-                output_name="probabilities",
-                labels=tuple(labels),
-                max_batch_size=max_batch_size,
-                fetched_at=0.0,
-                drift_threshold=drift_threshold,
-                unknown_threshold=unknown_threshold,
-            )
-            for name in DEFAULT_MODELS
-        }
-        self.batches: list = []  # what infer() was given, batch by batch
-        self.models: list[str] = []  # which model each batch went to
-        self.error = None  # an ApiError to raise from every call
-
-    def _check(self, model: str):
-        from imgcls_api.errors import ApiError
-
-        if self.error is not None:
-            raise self.error
-        if model not in self.infos:
-            raise ApiError(
-                503, "triton_unavailable", f"model {model!r} is not ready", retry_after=2
-            )
-        return self.infos[model]
-
-    def model_ready(self, model: str) -> bool:
-        self._check(model)
-        return True
-
-    def model_info(self, model: str, refresh: bool = False):
-        return self._check(model)
-
-    def route(self, model: str):
-        from imgcls_api.gateway import Route
-
-        return Route(self._check(model))
-
-    def infer(self, images, model: str, compare: bool = True):
-        import numpy as np
-
-        from imgcls_api.gateway import Outputs
-
-        info = self._check(model)
-        self.batches.append(images)
-        self.models.append(model)
-        logits = images.reshape(len(images), -1, 3).mean(axis=1)[:, : len(info.labels)]
-        logits = np.pad(logits, ((0, 0), (0, len(info.labels) - logits.shape[1])))
-        exp = np.exp((logits - logits.max(axis=1, keepdims=True)) / 32.0)
-        probs = (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
-        drift = images.reshape(len(images), -1).mean(axis=1).astype(np.float32) / 100
-        channels = images.reshape(len(images), -1, 3).mean(axis=1)
-        unknown = (2.0 - np.ptp(channels, axis=1) / 64).astype(np.float32)
-        return Outputs(probs, drift if info.drift_threshold is not None else None,
-                       unknown if info.unknown_threshold is not None else None), info  # fmt: skip
-
-
 @pytest.fixture()
-def gateway() -> InMemoryGateway:
-    return InMemoryGateway()
+def gateway():
+    """The one stand-in for Triton in the API's unit tests (``imgcls.gateway.memory``)."""
+    from imgcls.gateway.memory import MemoryGateway
+
+    return MemoryGateway()
 
 
 @pytest.fixture()

@@ -7,18 +7,18 @@ import json
 
 import pytest
 
+from imgcls.gateway.memory import MemoryGateway
 from imgcls_api import create_app
 from imgcls_api.auth import describe
 from imgcls_api.settings import Settings
 from tests import images
-from tests.conftest import InMemoryGateway
 
 KEYS = ("k-one-7f3a", "k-two-91cc")
 
 
 def _client(**config):
     app = create_app(config)
-    app.extensions["triton"] = InMemoryGateway()
+    app.extensions["triton"] = MemoryGateway()
     return app.test_client()
 
 

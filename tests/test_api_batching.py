@@ -13,8 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from imgcls_api.batching import Batcher
-from imgcls_api.errors import ApiError
+from imgcls.gateway.batching import Batcher
+from imgcls.gateway.errors import ApiError
 
 
 class Recorder:

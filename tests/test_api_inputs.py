@@ -163,7 +163,7 @@ def test_npz_archives_are_refused(client):
     ],
 )
 def test_gateway_errors_map_to_json_statuses(client, gateway, status, code, retry):
-    from imgcls_api.errors import ApiError
+    from imgcls.gateway.errors import ApiError
 
     gateway.error = ApiError(status, code, "from the gateway", retry_after=2 if retry else None)
     resp = client.post("/predict", data={"image": (io.BytesIO(images.jpeg()), "a.jpg")})

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
+from imgcls.gateway.memory import MemoryGateway
 from imgcls_api import create_app
 from imgcls_api.web import WEB
 from tests import images
-from tests.conftest import InMemoryGateway
 
 
 def _image():
@@ -43,7 +43,7 @@ def test_an_unknown_model_is_400_and_reaches_nothing(client, gateway, name):
 
 def test_models_setting_limits_the_choice():
     app = create_app({"models": ""})
-    app.extensions["triton"] = InMemoryGateway()
+    app.extensions["triton"] = MemoryGateway()
     client = app.test_client()
     assert [m["name"] for m in client.get("/models").json["models"]] == ["resnet50v2"]
     resp = client.post("/predict?model=resnet50v2_int8", data=_image())
@@ -52,7 +52,7 @@ def test_models_setting_limits_the_choice():
 
 def test_an_allowed_model_triton_does_not_serve_is_listed_not_ready_and_503():
     app = create_app({"models": "resnet50v2,resnet50v2_fp16"})
-    app.extensions["triton"] = InMemoryGateway()
+    app.extensions["triton"] = MemoryGateway()
     client = app.test_client()
     listed = {m["name"]: m["ready"] for m in client.get("/models").json["models"]}
     assert listed == {"resnet50v2": True, "resnet50v2_fp16": False}
@@ -108,7 +108,7 @@ def test_the_explorer_uses_the_packaged_swagger_ui(client):
 
 def test_with_keys_on_the_page_is_open_and_its_calls_are_not():
     app = create_app({"api_keys": "k-123"})
-    app.extensions["triton"] = InMemoryGateway()
+    app.extensions["triton"] = MemoryGateway()
     client = app.test_client()
     for path in ("/", "/web/app.js", "/web/style.css", "/docs", "/docs/assets/swagger-ui.css"):
         assert client.get(path).status_code == 200, path

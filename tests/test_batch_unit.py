@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from imgcls_api.errors import ApiError
+from imgcls.gateway.errors import ApiError
 from imgcls_batch.__main__ import main
 from imgcls_batch.classify import Job, JobFailed, classify, rows_for
 from imgcls_batch.output import Output, OutputError

@@ -10,8 +10,9 @@ from pathlib import Path
 import yaml
 from prometheus_client import REGISTRY
 
+import imgcls.gateway.metrics
+import imgcls.gateway.model_metrics  # noqa: F401
 import imgcls_api.capture
-import imgcls_api.model_metrics
 import imgcls_api.telemetry  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.gateway.memory import MemoryGateway
 from imgcls_api import create_app
 from imgcls_api.capture import Answer, CaptureStore
-from tests.conftest import InMemoryGateway, wait_until
+from tests.conftest import wait_until
 
 
 def _app(tmp_path: Path | None, **config):
@@ -26,7 +27,7 @@ def _app(tmp_path: Path | None, **config):
         config = {"capture_dir": str(tmp_path), "capture_rate": 1.0, **config}
     app = create_app(config)
     app.config["TESTING"] = True
-    app.extensions["triton"] = InMemoryGateway()
+    app.extensions["triton"] = MemoryGateway()
     return app
 
 
@@ -116,7 +117,7 @@ def test_explanations_carry_the_unknown_class_flag_too(client):
 
 def test_no_unknown_fields_when_the_version_has_no_such_output():
     app = create_app({})
-    app.extensions["triton"] = InMemoryGateway(unknown_threshold=None)
+    app.extensions["triton"] = MemoryGateway(unknown_threshold=None)
     body = app.test_client().post("/predict", data={"image": (io.BytesIO(_png(20)), "d.png")})
     assert body.status_code == 200
     assert "known_class" not in body.get_json() and "unknown" not in body.get_json()
@@ -125,7 +126,7 @@ def test_no_unknown_fields_when_the_version_has_no_such_output():
 
 def test_no_drift_fields_when_the_version_has_no_reference():
     app = create_app({})
-    app.extensions["triton"] = InMemoryGateway(drift_threshold=None)
+    app.extensions["triton"] = MemoryGateway(drift_threshold=None)
     body = app.test_client().post("/predict", data={"image": (io.BytesIO(_png(20)), "d.png")})
     assert body.status_code == 200
     assert "familiar" not in body.get_json() and "drift" not in body.get_json()

@@ -117,3 +117,39 @@ def test_no_module_imports_one_that_imports_it_back():
     graph = {m: imports(m, p, known) for m, p in known.items()}
     assert len(known) > 50 and graph["model_preparation.train"]  # it read the real tree
     assert cycles(graph) == [], "import cycles (move what both need into a module of its own)"
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for w in graph.get(todo.pop(), ()):
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def test_the_serving_core_and_the_batch_job_need_no_flask():
+    """``imgcls.gateway`` is the serving core without Flask: neither it nor the batch job reaches
+    the web app (read from the source here; ``sys.modules`` in a fresh interpreter below)."""
+    known = modules()
+    graph = {m: imports(m, p, known) for m, p in known.items()}
+    starts = [m for m in known if m.startswith(("imgcls.gateway", "imgcls_batch"))]
+    assert "imgcls.gateway.client" in starts and "imgcls_batch.classify" in starts
+    web = {m: sorted(w for w in reachable(graph, m) if w.startswith("imgcls_api")) for m in starts}
+    assert not any(web.values()), {m: w for m, w in web.items() if w}
+    assert reachable({"a": {"b"}, "b": {"c"}, "c": {"a"}}, "a") == {"a", "b", "c"}
+
+
+def test_importing_the_batch_job_loads_no_flask():
+    import subprocess
+    import sys
+
+    code = ("import sys, imgcls_batch.__main__, imgcls.gateway.memory; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug', "
+            "'imgcls_api')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from imgcls.gateset import GateSet, split_of
+from imgcls.gateway.client import compare_top1, failure_kind
 from imgcls.lifecycle import (
     Controller,
     GateParams,
@@ -28,7 +29,6 @@ from imgcls.params import Inconclusive, Refused, UserError
 from imgcls.repository import Lifecycle, ModelDir, RepositoryError
 from imgcls.stats import Paired, binomial_tail, wilson, z_score
 from imgcls.triton_control import TritonControl
-from imgcls_api.gateway import compare_top1, failure_kind
 from model_preparation.publish import publish_model
 from tests.models import publish_params, tiny_onnx
 
@@ -602,7 +602,7 @@ def test_a_drift_output_the_config_dropped_makes_the_api_route_again():
     the output, and a request still asking for it is routed again (retried), not a 502."""
     from tritonclient.utils import InferenceServerException
 
-    from imgcls_api.gateway import TritonGateway, VersionGone
+    from imgcls.gateway.client import TritonGateway, VersionGone
     from imgcls_api.settings import Settings
 
     gateway = TritonGateway(Settings())

@@ -8,10 +8,11 @@ from typing import Any
 
 from flask import Flask
 
+from imgcls.gateway.client import TritonGateway
+
 from . import auth, explain, feedback, openapi, telemetry, web
 from .capture import CaptureStore
 from .errors import register_error_handlers
-from .gateway import TritonGateway
 from .routes import bp
 from .settings import Settings
 

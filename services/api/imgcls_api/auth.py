@@ -16,7 +16,8 @@ from pathlib import Path
 
 from flask import Flask, request
 
-from .errors import ApiError
+from imgcls.gateway.errors import ApiError
+
 from .settings import Settings
 
 OPEN_ENDPOINTS = frozenset(

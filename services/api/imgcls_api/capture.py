@@ -46,10 +46,10 @@ import numpy as np
 from PIL import Image
 from prometheus_client import Counter
 
+from imgcls.gateway.background import Background
+from imgcls.gateway.client import Disagreement
 from imgcls.locks import exclusive
 from imgcls.preprocessing import pixels_sha256
-
-from .background import Background
 
 __all__ = ["pixels_sha256"]  # re-exported: feedback checks resent images with it
 
@@ -86,19 +86,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(out, format="PNG")
     return out.getvalue()
-
-
-@dataclass(frozen=True)
-class Disagreement:
-    """One input on which the serving version and the candidate named different classes."""
-
-    model: str
-    labels: tuple[str, ...]  # the classes a person may choose from: both versions' labels
-    serving_version: str
-    serving_label: str
-    candidate_version: str
-    candidate_label: str
-    pixels: np.ndarray  # H×W×3: what both versions saw
 
 
 @dataclass(frozen=True)

@@ -7,27 +7,9 @@ import logging
 from flask import Flask, g, jsonify
 from werkzeug.exceptions import HTTPException
 
+from imgcls.gateway.errors import ApiError
+
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """An error a client can act on; ``code`` is stable, ``message`` is for humans."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        retry_after: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-        if retry_after is not None:
-            self.headers["Retry-After"] = str(retry_after)
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None):

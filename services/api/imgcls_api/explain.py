@@ -16,9 +16,11 @@ import numpy as np
 from flask import Blueprint, current_app, request
 
 from imgcls.explain import MAX_IMAGES, Occlusion, overlay_png
+from imgcls.gateway import model_metrics
+from imgcls.gateway.errors import ApiError
+from imgcls.gateway.protocol import Gateway
 
-from . import inputs, model_metrics
-from .errors import ApiError
+from . import inputs
 from .routes import admitted, answer, chosen_model, refuse_oversized_body, result_json
 from .settings import Settings
 
@@ -35,7 +37,7 @@ def _explain():
     settings: Settings = current_app.config["SETTINGS"]
     refuse_oversized_body()
     model, overlay = chosen_model(), _flag("overlay")
-    gateway = current_app.extensions["triton"]
+    gateway: Gateway = current_app.extensions["triton"]
     info = gateway.model_info(model)
     limit = min(settings.max_batch_images, MAX_IMAGES)
     images = inputs.decode(request, info.size, settings.max_image_pixels, limit)

@@ -24,11 +24,11 @@ from collections import deque
 
 from flask import Blueprint, current_app, jsonify, request
 
+from imgcls.gateway.errors import ApiError
 from imgcls.labels import is_plain_class_name
 from imgcls.preprocessing import ImageError, ImageTooLarge, load_image
 
 from .capture import CaptureStore, StoreFull, pixels_sha256, png_bytes
-from .errors import ApiError
 from .settings import Settings
 
 bp = Blueprint("feedback", __name__)

@@ -3,8 +3,8 @@
 gevent workers (``API_WORKER_CLASS``, default ``gevent``): a request mostly waits on Triton, and
 tritonclient.http is built on geventhttpclient, so one worker serves many requests on one shared
 Triton client with greenlet switches instead of OS-thread hand-offs; the API's batching
-(``batching.py``) passes requests between greenlets cheaply. Large images are decoded on the
-hub's thread pool so they do not stall the worker (``cooperative.py``). ``gthread`` remains available:
+(``imgcls.gateway.batching``) passes requests between greenlets cheaply. Large images are decoded on the
+hub's thread pool so they do not stall the worker (``imgcls.gateway.cooperative``). ``gthread`` remains available:
 each thread then keeps its own client (tritonclient.http is not thread-safe).
 
 One worker by default (``WEB_CONCURRENCY``) with two Triton calls in flight (``BATCH_SLOTS``):

@@ -19,11 +19,11 @@ import math
 import numpy as np
 from flask import Request
 
+from imgcls.gateway.cooperative import decode_image
+from imgcls.gateway.errors import ApiError
 from imgcls.preprocessing import ImageError, ImageTooLarge, letterbox_array, load_image
 
 from . import multipart
-from .cooperative import decode_image
-from .errors import ApiError
 
 NPY_TYPES = {"application/x-npy", "application/npy"}
 

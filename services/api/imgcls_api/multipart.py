@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from werkzeug.http import parse_options_header
 
-from .errors import ApiError
+from imgcls.gateway.errors import ApiError
 
 _HEADERS_END = re.compile(rb"\r?\n\r?\n")
 MAX_BOUNDARY = 200  # RFC 2046 allows 70; leave room for lenient clients, refuse absurd ones

@@ -7,17 +7,20 @@ import contextlib
 import numpy as np
 from flask import Blueprint, current_app, g, jsonify, request
 
-from . import inputs, model_metrics
+from imgcls.gateway import model_metrics
+from imgcls.gateway.client import ModelInfo
+from imgcls.gateway.errors import ApiError
+from imgcls.gateway.model_metrics import Familiarity, KnownClass
+from imgcls.gateway.protocol import Gateway
+
+from . import inputs
 from .capture import Answer, CaptureStore, UnknownInput
-from .errors import ApiError
-from .gateway import ModelInfo, TritonGateway
-from .model_metrics import Familiarity, KnownClass
 from .settings import Settings
 
 bp = Blueprint("api", __name__)
 
 
-def _gateway() -> TritonGateway:
+def _gateway() -> Gateway:
     return current_app.extensions["triton"]
 
 

@@ -14,7 +14,8 @@ import os
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
-from imgcls.contract import DEFAULT_MODEL, DEFAULT_MODELS, MAX_IMAGE_PIXELS
+from imgcls.contract import DEFAULT_MODELS, MAX_IMAGE_PIXELS
+from imgcls.gateway.settings import GatewaySettings
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -44,23 +45,15 @@ class EnvSettings:
 
 
 @dataclass(frozen=True)
-class Settings(EnvSettings):
-    triton_url: str = "127.0.0.1:8000"  # host:port of Triton's HTTP endpoint
-    model_name: str = DEFAULT_MODEL  # the default model
+class Settings(GatewaySettings, EnvSettings):
+    """The gateway's settings (``imgcls.gateway.settings``: Triton, the model, time-outs,
+    batching) and the API's own."""
+
     models: str = ",".join(DEFAULT_MODELS)  # what ?model= may choose (the default always)
-    model_version: str = ""  # "" = whatever Triton serves as latest
-    triton_timeout_s: float = 10.0  # an inference slower than this is a 504
-    connect_timeout_s: float = 2.0  # an unreachable Triton is a fast 503
     max_upload_mb: float = 20.0  # request bodies above this are a 413
     max_image_pixels: int = MAX_IMAGE_PIXELS  # decompression-bomb guard, checked before decoding
     max_batch_images: int = 32  # images per request
-    model_info_ttl_s: float = 5.0  # re-read the model's routing (versions, canary share) this often
-    retry_after_s: int = 2  # Retry-After header on 503 and 429
-    batch_slots: int = 2  # Triton calls at once per model and worker; 0 = one per request
     max_in_flight: int = 0  # predictions at once per worker before a fast 429; 0 = no cap
-    mirror_max_pending: int = (
-        16  # canary/shadow comparison calls at once per worker; beyond: skipped
-    )
     api_keys: str = ""  # comma-separated keys; "" and no api_keys_file = no authentication
     api_keys_file: str = ""  # a file of keys, one per line (a mounted secret)
     metrics_require_key: bool = False  # with keys on, /metrics needs one too

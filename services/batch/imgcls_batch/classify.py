@@ -1,7 +1,7 @@
 """Classify every file of a source through Triton, in batches, into rows.
 
 The API's own pieces do the work: ``imgcls.preprocessing.load_image`` decodes (the same pixels
-``/predict`` sees) and ``imgcls_api.gateway.TritonGateway`` calls Triton (the same routing, error
+``/predict`` sees) and ``imgcls.gateway.TritonGateway`` calls Triton (the same routing, error
 translation and binary tensors), pinned to one version so an archive is labelled by one model.
 Files are read and hashed in order on the caller's thread; each batch is decoded and sent on a
 pool of ``concurrency`` threads, with at most two batches per thread in flight, so memory does
@@ -20,10 +20,10 @@ from itertools import islice
 import numpy as np
 
 from imgcls.contract import MAX_IMAGE_PIXELS
+from imgcls.gateway.client import ModelInfo, Outputs, TritonGateway
+from imgcls.gateway.errors import ApiError
+from imgcls.gateway.settings import GatewaySettings
 from imgcls.preprocessing import ImageError, load_image
-from imgcls_api.errors import ApiError
-from imgcls_api.gateway import ModelInfo, Outputs, TritonGateway
-from imgcls_api.settings import Settings
 
 from .sources import Item
 
@@ -61,10 +61,10 @@ def connect(job: Job) -> tuple[TritonGateway, ModelInfo]:
     return gateway, info
 
 
-def _settings(job: Job, version: str) -> Settings:
-    return Settings(triton_url=job.triton_url, model_name=job.model, models=job.model,
-                    model_version=version, batch_slots=0, triton_timeout_s=job.timeout_s,
-                    connect_timeout_s=min(5.0, job.timeout_s))  # fmt: skip
+def _settings(job: Job, version: str) -> GatewaySettings:
+    return GatewaySettings(triton_url=job.triton_url, model_name=job.model, model_version=version,
+                           batch_slots=0, triton_timeout_s=job.timeout_s,
+                           connect_timeout_s=min(5.0, job.timeout_s))  # fmt: skip
 
 
 def rows_for(items: list[Item], gateway: TritonGateway, info: ModelInfo, job: Job) -> list[dict]:

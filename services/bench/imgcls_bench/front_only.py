@@ -9,34 +9,9 @@ front alone"); it is never a way to serve.
 from __future__ import annotations
 
 import os
-import time
 
-import numpy as np
-
+from imgcls.gateway.memory import MemoryGateway
 from imgcls_api import create_app
-from imgcls_api.gateway import ModelInfo, Outputs, Route
-
-
-class MemoryGateway:
-    """Uniform probabilities over three labels for a model of the bench's size."""
-
-    def __init__(self, model: str, size: int) -> None:
-        self.info = ModelInfo(model, "1", "image", "UINT8", size, size, "probabilities",
-                              ("a", "b", "c"), 32, time.monotonic())  # fmt: skip
-
-    def model_ready(self, model: str) -> bool:
-        return True
-
-    def model_info(self, model: str, refresh: bool = False) -> ModelInfo:
-        return self.info
-
-    def route(self, model: str) -> Route:
-        return Route(self.info)
-
-    def infer(
-        self, images: np.ndarray, model: str, compare: bool = True
-    ) -> tuple[Outputs, ModelInfo]:
-        return Outputs(np.full((len(images), 3), 1 / 3, np.float32)), self.info
 
 
 def create():
@@ -46,5 +21,8 @@ def create():
     if not size.isdigit():
         raise SystemExit(f"BENCH_FRONT_SIZE={size!r}: the image side the bench serves (make bench)")
     app = create_app()
-    app.extensions["triton"] = MemoryGateway(app.config["SETTINGS"].model_name, int(size))
+    gateway = MemoryGateway(size=(int(size), int(size)), max_batch_size=32,
+                            models=(app.config["SETTINGS"].model_name,))  # fmt: skip
+    gateway.record = False  # it serves for minutes: nothing kept per call
+    app.extensions["triton"] = gateway
     return app

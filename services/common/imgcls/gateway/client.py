@@ -1,4 +1,4 @@
-"""The one Triton client wrapper of the API.
+"""The one Triton client of the project: the API's, the batch job's and the bench's.
 
 - Which version answers comes from the config Triton has loaded: the ``imgcls.*`` parameters the
   lifecycle commands write (``imgcls.repository``) name the serving version, and a candidate that
@@ -49,11 +49,9 @@ from imgcls.repository import (
 
 from .background import Background
 from .batching import Batcher
-from .capture import Disagreement
 from .cooperative import gevent_active
 from .errors import ApiError
-from .settings import Settings
-from .telemetry import (
+from .metrics import (
     COMPARISONS,
     MIRROR_SKIPPED,
     MODEL_ERRORS,
@@ -64,6 +62,7 @@ from .telemetry import (
     MODEL_UNKNOWN,
     TRITON_LATENCY,
 )
+from .settings import GatewaySettings
 
 _TIMEOUT_ERRORS: tuple[type[BaseException], ...] = (socket.timeout, TimeoutError)
 try:  # geventhttpclient raises gevent's Timeout on network_timeout
@@ -72,6 +71,19 @@ try:  # geventhttpclient raises gevent's Timeout on network_timeout
     _TIMEOUT_ERRORS = (*_TIMEOUT_ERRORS, _GeventTimeout)
 except ImportError:  # pragma: no cover
     pass
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """One input on which the serving version and the candidate named different classes."""
+
+    model: str
+    labels: tuple[str, ...]  # the classes a person may choose from: both versions' labels
+    serving_version: str
+    serving_label: str
+    candidate_version: str
+    candidate_label: str
+    pixels: np.ndarray  # H×W×3: what both versions saw
 
 
 @dataclass(frozen=True)
@@ -169,7 +181,7 @@ class TritonGateway:
     (``MODEL_NAME``): then there is no canary or shadow for it.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self._local = threading.local()
         self._shared: httpclient.InferenceServerClient | None = None  # under gevent
