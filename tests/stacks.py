@@ -84,7 +84,8 @@ def stack(
 def shadow_copy(repo: Path, model: str = "resnet50v2") -> None:
     """Version 2 of ``model``: version 1's files again, shadowing it (the config says so before
     Triton starts): every request also asked of a candidate that agrees."""
-    from imgcls.repository import Lifecycle, ModelDir
+    from imgcls.model_records import Lifecycle
+    from imgcls.repository import ModelDir
 
     target = ModelDir(repo, model)
     with target.lock():

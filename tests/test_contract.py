@@ -43,11 +43,8 @@ def test_the_contract_is_what_the_settings_default_to():
     assert Settings.model_name == contract.DEFAULT_MODEL
     assert Settings.models.split(",") == list(contract.DEFAULT_MODELS)
     assert Settings.max_image_pixels == contract.MAX_IMAGE_PIXELS
-    assert (
-        contract.DEFAULT_MODEL,
-        contract.int8_name(contract.DEFAULT_MODEL),
-        contract.bf16_name(contract.DEFAULT_MODEL),
-    ) == contract.DEFAULT_MODELS
+    # what users type (?model=, MODELS): the variant table's names of the default model
+    assert contract.DEFAULT_MODELS == ("resnet50v2", "resnet50v2_int8", "resnet50v2_bf16")
 
 
 def test_compose_defaults_are_the_codes():

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import requests
 
+from imgcls.model_records import Lifecycle, Version
 from imgcls.preprocessing import load_image
-from imgcls.repository import Lifecycle, ModelDir, Version, md5sum
+from imgcls.repository import ModelDir, md5sum
 from model_preparation.onnx_utils import session
 from model_preparation.publish import publish_model
 from tests import stacks

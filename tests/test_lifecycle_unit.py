@@ -25,8 +25,9 @@ from imgcls.lifecycle import (
 )
 from imgcls.lifecycle.gate import judge
 from imgcls.lifecycle.rollout import Rollout
+from imgcls.model_records import Lifecycle
 from imgcls.params import Inconclusive, Refused, UserError
-from imgcls.repository import Lifecycle, ModelDir, RepositoryError
+from imgcls.repository import ModelDir, RepositoryError
 from imgcls.stats import Paired, binomial_tail, wilson, z_score
 from imgcls.triton_control import TritonControl
 from model_preparation.publish import publish_model

@@ -273,7 +273,8 @@ def test_what_a_shadowed_candidate_disagrees_on_is_kept_to_be_labelled(
     """A candidate that answers by colour, shadowed with capture on: each image it and the
     serving version name differently is kept once in tolabel/ with both answers (what ONNX
     Runtime computes from each served file), and `harvest list` shows them first."""
-    from imgcls.repository import Lifecycle, ModelDir
+    from imgcls.model_records import Lifecycle
+    from imgcls.repository import ModelDir
     from model_preparation.onnx_utils import session
     from model_preparation.publish import publish_model
     from tests import stacks

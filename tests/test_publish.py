@@ -15,13 +15,9 @@ import numpy as np
 import onnx
 import pytest
 
-from imgcls.repository import (
-    Lifecycle,
-    ModelDir,
-    RepositoryError,
-    labels_from_parameters,
-    parameters_in,
-)
+from imgcls.model_records import Lifecycle
+from imgcls.repository import ModelDir, RepositoryError
+from imgcls.triton_config import labels_from_parameters, parameters_in
 from model_preparation.common import PipelineError
 from model_preparation.onnx_utils import session
 from model_preparation.publish import publish, publish_model
@@ -42,10 +38,10 @@ def _tree(path: Path) -> dict[str, int]:
 
 
 def test_config_and_labels_follow_the_graph(tmp_path):
-    model = tiny_onnx(tmp_path / "m.onnx")
+    tiny_onnx(tmp_path / "model.onnx")  # the FP32 artifact (imgcls.variants)
     receipt = publish(
-        model, _labels(tmp_path, "a", "b", "c"), tmp_path / "repo",
-        publish_params(model_name="m", max_batch_size=4),
+        tmp_path, _labels(tmp_path, "a", "b", "c"), tmp_path / "repo",
+        publish_params(model_name="m", max_batch_size=4, int8=False, bf16=False),
     )  # fmt: skip
     config = (tmp_path / "repo/m/config.pbtxt").read_text()
     assert 'name: "m"' in config and "max_batch_size: 4" in config
@@ -140,20 +136,23 @@ def test_a_corrupt_onnx_file_is_refused_clearly(tmp_path):
 
 
 def test_label_count_must_match_the_output(tmp_path):
-    model = tiny_onnx(tmp_path / "m.onnx", classes=3)
+    tiny_onnx(tmp_path / "model.onnx", classes=3)
     with pytest.raises(PipelineError, match="3 classes but there are 2 labels"):
-        publish(model, _labels(tmp_path, "a", "b"), tmp_path / "repo", publish_params())
+        publish(tmp_path, _labels(tmp_path, "a", "b"), tmp_path / "repo", publish_params())
 
 
 def test_thread_layout_uses_the_native_backends_parameter_names(tmp_path):
-    model, labels = tiny_onnx(tmp_path / "m.onnx"), _labels(tmp_path, "a", "b", "c")
-    layout = publish_params(model_name="m", instance_count=2, intra_op_threads=1)
-    publish(model, labels, tmp_path / "two", layout)
+    tiny_onnx(tmp_path / "model.onnx")
+    labels = _labels(tmp_path, "a", "b", "c")
+    layout = publish_params(model_name="m", instance_count=2, intra_op_threads=1, int8=False,
+                            bf16=False)  # fmt: skip
+    publish(tmp_path, labels, tmp_path / "two", layout)
     config = (tmp_path / "two/m/config.pbtxt").read_text()
     assert "count: 2" in config and "kind:" not in config  # Triton picks GPU where there is one
     assert 'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }' in config
-    single = publish_params(model_name="m", instance_count=1, intra_op_threads=0)
-    publish(model, labels, tmp_path / "default", single)
+    single = publish_params(model_name="m", instance_count=1, intra_op_threads=0, int8=False,
+                            bf16=False)  # fmt: skip
+    publish(tmp_path, labels, tmp_path / "default", single)
     default = (tmp_path / "default/m/config.pbtxt").read_text()
     assert "count: 1" in default and "intra_op_thread_count" not in default
 
@@ -244,10 +243,11 @@ def test_a_version_whose_file_changed_after_publishing_is_refused(tmp_path):
 
 
 def test_the_bf16_variant_is_the_fp32_graph_on_openvino(tmp_path):
-    model, labels = tiny_onnx(tmp_path / "m.onnx"), _labels(tmp_path, "a", "b", "c")
-    receipt = publish(model, labels, tmp_path / "repo", publish_params(), bf16=True,
+    tiny_onnx(tmp_path / "model.onnx")
+    labels = _labels(tmp_path, "a", "b", "c")
+    receipt = publish(tmp_path, labels, tmp_path / "repo", publish_params(int8=False, bf16=True),
                       accuracy={"fp32": 0.9, "bf16": 0.89})  # fmt: skip
-    assert receipt["bf16"]["model_name"] == "resnet50v2_bf16"
+    assert receipt["bf16"]["model_name"] == "resnet50v2_bf16" and "int8" not in receipt
     config = (tmp_path / "repo/resnet50v2_bf16/config.pbtxt").read_text()
     assert 'backend: "openvino"' in config and 'default_model_filename: "model.onnx"' in config
     for key, value in (("INFERENCE_PRECISION_HINT", "bf16"), ("PERFORMANCE_HINT", "LATENCY"),

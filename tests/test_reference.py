@@ -11,7 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from imgcls.repository import Lifecycle, ModelDir, drift_from_parameters, parameters_in
+from imgcls.model_records import Lifecycle
+from imgcls.repository import ModelDir
+from imgcls.triton_config import drift_from_parameters, parameters_in
 from model_preparation.common import PipelineError
 from model_preparation.onnx_utils import add_drift_output, layer_tensor, session
 from model_preparation.ood import auroc as auc

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import requests
 
+from imgcls.model_records import Lifecycle
 from imgcls.preprocessing import load_image
-from imgcls.repository import Lifecycle, ModelDir
+from imgcls.repository import ModelDir
 from model_preparation.onnx_utils import session
 from model_preparation.publish import publish_model
 from tests import stacks

@@ -289,11 +289,13 @@ def test_config_thread_layout_reaches_onnxruntime(tmp_path):
     from model_preparation.publish import publish
     from tests.models import publish_params, tiny_onnx
 
-    model, labels, repo = tiny_onnx(tmp_path / "m.onnx"), tmp_path / "labels.txt", tmp_path / "repo"
+    tiny_onnx(tmp_path / "model.onnx")  # the FP32 artifact's name (imgcls.variants)
+    labels, repo = tmp_path / "labels.txt", tmp_path / "repo"
     labels.write_text("a\nb\nc\n")
     for name, threads in (("one", 1), ("three", 3)):
-        layout = publish_params(model_name=name, instance_count=2, intra_op_threads=threads)
-        publish(model, labels, repo, layout)
+        layout = publish_params(model_name=name, instance_count=2, intra_op_threads=threads,
+                                int8=False, bf16=False)  # fmt: skip
+        publish(tmp_path, labels, repo, layout)
     with TritonServer(repo, workdir=tmp_path / "triton"):
         one, three = _stub_threads(repo / "one"), _stub_threads(repo / "three")
     assert len(one) == 2 and len(three) == 2, (one, three)

@@ -75,6 +75,7 @@ def build_models(out: Path, size: int) -> None:
     batching off, as one instance using every core, as two single-thread instances, and INT8."""
     import keras
 
+    from imgcls.variants import BF16, FP32, INT8
     from model_preparation import int8 as int8_module
     from model_preparation.common import load_params, parse_settings
     from model_preparation.export import convert
@@ -105,14 +106,14 @@ def build_models(out: Path, size: int) -> None:
         "resnet50v2_nobatch": (fp32, {"dynamic_batching": False}),
         "resnet50v2_1x2": (fp32, {"instance_count": 1, "intra_op_threads": 0}),
         "resnet50v2_2x1": (fp32, {"instance_count": 2, "intra_op_threads": 1}),
-        "resnet50v2_int8": (int8, {}),
-        "resnet50v2_bf16": (fp32, {}),  # the FP32 graph on OpenVINO in bfloat16
+        INT8.served_name("resnet50v2"): (int8, {}),
+        BF16.served_name("resnet50v2"): (fp32, {}),  # the FP32 graph on OpenVINO in bfloat16
     }
     reference = bench_reference(fp32, size)
     for name, (path, extra) in models.items():
         shutil.rmtree(repo / name, ignore_errors=True)  # version 1: the current build, serving
         params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
-        publish_model(name, path, LABELS, repo, params, precision="bf16" if "bf16" in name else "",
+        publish_model(name, path, LABELS, repo, params, variant=BF16 if name.endswith(BF16.suffix) else FP32,
                       reference=None if name.endswith("_plain") else reference)  # fmt: skip
     print(
         json.dumps(

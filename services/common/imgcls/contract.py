@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imgcls.variants import served_names
+
 #: The model's one input: uint8 pixels ``N×H×W×3``, letterboxed by ``imgcls.preprocessing``.
 INPUT_NAME = "image"
 #: The model's output: softmax probabilities ``N×classes``.
@@ -20,10 +22,6 @@ DRIFT_NAME = "drift"
 UNKNOWN_NAME = "unknown"
 #: The model the API answers with when a request names none (``MODEL_NAME``).
 DEFAULT_MODEL = "resnet50v2"
-#: The INT8 sibling of a model is served as ``<name><INT8_SUFFIX>``.
-INT8_SUFFIX = "_int8"
-#: The same FP32 graph run by OpenVINO in bfloat16 is served as ``<name><BF16_SUFFIX>``.
-BF16_SUFFIX = "_bf16"
 #: Images larger than this many pixels are refused before they are decoded (decompression bombs).
 MAX_IMAGE_PIXELS = 40_000_000
 #: Triton's model repository in a checkout (the publish stage writes it; ``model.dvc`` tracks it).
@@ -33,13 +31,6 @@ LOCAL_ADMIN_KEY_FILE = Path(".cache/triton-admin-key")
 #: Triton's control endpoints that need the ``admin-key`` header (never open to the network).
 RESTRICTED_APIS = "logging,trace,model-repository"
 
-
-def int8_name(model: str) -> str:
-    return f"{model}{INT8_SUFFIX}"
-
-
-def bf16_name(model: str) -> str:
-    return f"{model}{BF16_SUFFIX}"
-
-
-DEFAULT_MODELS = (DEFAULT_MODEL, int8_name(DEFAULT_MODEL), bf16_name(DEFAULT_MODEL))
+#: What the API may answer with by default (``MODELS``): every variant of the default model
+#: (``imgcls.variants``: FP32, INT8, BF16).
+DEFAULT_MODELS = served_names(DEFAULT_MODEL)

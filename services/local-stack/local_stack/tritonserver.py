@@ -20,6 +20,7 @@ import sysconfig
 from pathlib import Path
 
 from imgcls.contract import RESTRICTED_APIS
+from imgcls.variants import VARIANTS
 
 from .procs import ManagedProcess, client_address, free_port
 
@@ -45,7 +46,7 @@ def build_backend_dir(dest: Path) -> Path:
     stub.unlink(missing_ok=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub.symlink_to(root / "python_backend_stubs" / version / "triton_python_backend_stub")
-    for backend in ("onnxruntime", "openvino"):  # Python-based stand-ins for the native ones
+    for backend in sorted({v.backend for v in VARIANTS}):  # Python stand-ins for the native ones
         shutil.copytree(
             _BACKENDS_SRC / backend,
             dest / backend,

@@ -21,6 +21,7 @@ from imgcls.params import (
     parse_settings,
     run_cli,
 )
+from imgcls.variants import BF16, FP32, INT8
 
 __all__ = [  # re-exported: the stages import them from here
     "INPUT_NAME",
@@ -46,12 +47,12 @@ DATA_REPORT = REPORTS / "data.json"
 KERAS_MODEL = ARTIFACTS / "model.keras"
 TRAIN_INIT = ARTIFACTS / "init.json"  # what the last training started from (train.init)
 DVCLIVE = ARTIFACTS / "dvclive"
-ONNX_MODEL = ARTIFACTS / "model.onnx"
+ONNX_MODEL = ARTIFACTS / FP32.artifact  # the variant table (imgcls.variants) names the files
 EXPORT_REPORT = REPORTS / "export.json"
-METRICS_REPORT = REPORTS / "metrics.json"
-INT8_MODEL = ARTIFACTS / "model.int8.onnx"
-INT8_REPORT = REPORTS / "int8.json"
-BF16_REPORT = REPORTS / "bf16.json"
+METRICS_REPORT = REPORTS / FP32.report
+INT8_MODEL = ARTIFACTS / INT8.artifact
+INT8_REPORT = REPORTS / INT8.report
+BF16_REPORT = REPORTS / BF16.report
 REFERENCE = ARTIFACTS / "reference.npz"
 DRIFT_REPORT = REPORTS / "drift.json"
 OOD_REPORT = REPORTS / "ood.json"  # the unknown-class methods compared (reference stage)

@@ -24,21 +24,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from imgcls.contract import bf16_name, int8_name
-from imgcls.repository import KERAS_FILE, Lifecycle, ModelDir, Serving, Tensor, Version, md5sum
+from imgcls.model_records import Lifecycle, Serving, Tensor, Version
+from imgcls.repository import KERAS_FILE, ModelDir, md5sum
+from imgcls.variants import FP32, VARIANTS, Variant
 
 from . import ood
 from .common import (
-    BF16_REPORT,
-    INT8_MODEL,
-    INT8_REPORT,
+    ARTIFACTS,
     KERAS_MODEL,
     LABELS_FILE,
-    METRICS_REPORT,
     MODEL_REPOSITORY,
-    ONNX_MODEL,
     PUBLISH_REPORT,
     REFERENCE,
+    REPORTS,
     TRAIN_INIT,
     PipelineError,
     load_settings,
@@ -75,10 +73,10 @@ class PublishParams:
 
 
 def serving_config(
-    name: str, inp: TensorSpec, out: TensorSpec, params: PublishParams, precision: str = ""
+    name: str, inp: TensorSpec, out: TensorSpec, params: PublishParams, variant: Variant = FP32
 ) -> Serving:
-    """model.json: the graph's tensors and params.yaml's scheduling; a ``precision`` (bf16)
-    means OpenVINO runs the graph."""
+    """model.json: the graph's tensors, params.yaml's scheduling, and the variant's backend and
+    precision (``imgcls.variants``)."""
     return Serving(
         name=name,
         input=Tensor(inp.name, inp.triton_type, tuple(inp.dims)),
@@ -89,8 +87,8 @@ def serving_config(
         max_queue_delay_us=params.max_queue_delay_us,
         instance_count=params.instance_count,
         intra_op_threads=params.intra_op_threads,
-        backend="openvino" if precision else "onnxruntime",
-        precision=precision,
+        backend=variant.backend,
+        precision=variant.precision,
     )
 
 
@@ -150,7 +148,7 @@ def publish_model(
     repository: Path,
     params: PublishParams,
     accuracy: float | None = None,
-    precision: str = "",
+    variant: Variant = FP32,
     reference: Reference | None = None,
     keras: Path | None = None,
     init: dict | None = None,
@@ -163,7 +161,7 @@ def publish_model(
         raise PipelineError(
             f"model outputs {out.dims[0]} classes but there are {len(labels)} labels"
         )
-    serving = serving_config(name, inp, out, params, precision)
+    serving = serving_config(name, inp, out, params, variant)
     target = ModelDir(repository, name)
     with target.lock():
         state = target.state() if target.exists() else None
@@ -210,60 +208,64 @@ def _same_source(old: dict, new: dict) -> bool:
 
 
 def publish(
-    model: Path,
+    artifacts: Path,
     labels_file: Path,
     repository: Path,
     params: PublishParams,
-    int8_model: Path | None = None,
     accuracy: dict[str, float | None] | None = None,
-    bf16: bool = False,
     reference: Reference | None = None,
 ) -> dict:
-    """The FP32 model as ``model_name`` and, when asked, its INT8 and BF16 siblings.
-    ``accuracy``: held-out accuracy by variant (``fp32``, ``int8``, ``bf16``)."""
+    """Every variant ``params`` serves (FP32 always; ``publish.<key>`` the others), each from its
+    file in ``artifacts`` as ``<model_name><suffix>`` (``imgcls.variants``); ``accuracy``:
+    held-out accuracy by variant key. The receipt is FP32's, with each other variant's under its
+    key."""
     name, acc = params.model_name, accuracy or {}
     labels = read_labels(labels_file)
     keras = KERAS_MODEL if KERAS_MODEL.is_file() else None
     init = read_json(TRAIN_INIT) if TRAIN_INIT.is_file() else None
-    receipt = publish_model(name, model, labels, repository, params, acc.get("fp32"),
-                            reference=reference, keras=keras, init=init)  # fmt: skip
-    if int8_model is not None:
-        receipt["int8"] = publish_model(int8_name(name), int8_model, labels, repository, params,
-                                        acc.get("int8"), reference=reference)  # fmt: skip
-    if bf16:
-        receipt["bf16"] = publish_model(bf16_name(name), model, labels, repository, params,
-                                        acc.get("bf16"), "bf16", reference)  # fmt: skip
+    receipt: dict = {}
+    for variant in served_variants(params):
+        first = variant is FP32  # the Keras model and what training started from: kept once
+        entry = publish_model(variant.served_name(name), artifacts / variant.artifact, labels,
+                              repository, params, acc.get(variant.key), variant, reference,
+                              keras if first else None, init if first else None)  # fmt: skip
+        if first:
+            receipt.update(entry)
+        else:
+            receipt[variant.key] = entry
     return receipt
 
 
+def served_variants(params: PublishParams) -> list[Variant]:
+    """FP32, and each variant whose ``publish.<key>`` switch is on."""
+    return [v for v in VARIANTS if not v.switched or getattr(params, v.key)]
+
+
 def _accuracies() -> dict[str, float | None]:
-    """What the evaluate and quantize stages measured on the held-out split."""
+    """What the evaluate and quantize stages measured on the held-out split, by variant."""
     found: dict[str, float | None] = {}
-    for variant, report, key in (("fp32", METRICS_REPORT, "accuracy"),
-                                 ("int8", INT8_REPORT, "int8_accuracy"),
-                                 ("bf16", BF16_REPORT, "bf16_accuracy")):  # fmt: skip
+    for variant in VARIANTS:
         try:
-            found[variant] = read_json(report)[key]
+            found[variant.key] = read_json(REPORTS / variant.report)[variant.accuracy_key]
         except (OSError, KeyError, ValueError):
-            found[variant] = None
+            found[variant.key] = None
     return found
 
 
 def main() -> None:
     params = load_settings(PublishParams, "publish")
-    int8 = INT8_MODEL if params.int8 else None
     accuracy = _accuracies()
-    if params.bf16 and accuracy["bf16"] is None:
+    unmeasured = [v for v in served_variants(params) if v.switched and accuracy[v.key] is None]
+    if unmeasured:
+        v = unmeasured[0]
         raise PipelineError(
-            "publish.bf16 serves the BF16 variant, but the quantize stage did not check it "
-            "(set quantize.bf16: true)"
+            f"publish.{v.key} serves the {v.label} variant, but no stage measured it "
+            f"(artifacts/reports/{v.report}: set quantize.{v.key}: true)"
         )
     reference = Reference.load(REFERENCE) if params.drift else None
-    receipt = publish(
-        ONNX_MODEL, LABELS_FILE, MODEL_REPOSITORY, params, int8, accuracy, params.bf16, reference
-    )
+    receipt = publish(ARTIFACTS, LABELS_FILE, MODEL_REPOSITORY, params, accuracy, reference)
     write_json(PUBLISH_REPORT, receipt)
-    for entry in (receipt, receipt.get("int8"), receipt.get("bf16")):
+    for entry in (receipt, *(receipt.get(v.key) for v in VARIANTS if v.switched)):
         if entry:
             what = "added" if entry["new"] else "unchanged, already"
             print(

@@ -40,12 +40,8 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from imgcls.contract import DRIFT_NAME, UNKNOWN_NAME
-from imgcls.repository import (
-    Lifecycle,
-    config_parameters,
-    drift_from_parameters,
-    labels_from_parameters,
-)
+from imgcls.model_records import Lifecycle
+from imgcls.triton_config import config_parameters, drift_from_parameters, labels_from_parameters
 
 from .background import Background
 from .batching import Batcher

@@ -22,8 +22,9 @@ from ..contract import MODEL_REPOSITORY
 from ..dvc import available as dvc_available
 from ..dvc import dvc
 from ..gateset import GateSet
+from ..model_records import Lifecycle
 from ..params import Refused, UserError, load_settings
-from ..repository import Lifecycle, ModelDir, RepositoryError, model_dirs
+from ..repository import ModelDir, RepositoryError, model_dirs
 from ..triton_control import ControlError, TritonControl
 from . import live
 from .gate import Decision, last_report, run_gate

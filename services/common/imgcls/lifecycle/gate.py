@@ -37,6 +37,7 @@ from ..params import UserError
 from ..repository import ModelDir, now_iso, write_atomic
 from ..runtimes import open_session, predict
 from ..stats import Paired, wilson
+from ..variants import by_backend
 from .params import GateParams
 
 PASS, REFUSE, INCONCLUSIVE = "pass", "refuse", "inconclusive"
@@ -45,11 +46,10 @@ MAX_CHANGED = 200  # images whose answer changed, listed in the report
 
 
 def runtime_of(model: ModelDir) -> str:
-    """The in-process runtime that computes what Triton's backend for this model computes."""
+    """The in-process runtime that computes what Triton's backend for this model computes (the
+    variant table's)."""
     serving = model.serving_config()
-    if serving.backend == "openvino":
-        return f"openvino-{serving.precision or 'f32'}"
-    return "onnxruntime"
+    return by_backend(serving.backend, serving.precision).runtime
 
 
 def score(model: ModelDir, number: int, gate: GateSet, batch_size: int = 64) -> tuple[str, ...]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..model_records import MODES
 from ..params import UserError
-from ..repository import MODES
 
 ON_PUBLISH = (*MODES, "rollout", "none")
 

@@ -26,11 +26,9 @@ from imgcls.lifecycle.rollout import Rollout
 from imgcls.params import load_settings
 from imgcls.repository import ModelDir
 from imgcls.triton_control import TritonControl, admin_key
+from imgcls.variants import VARIANTS
 
 from ..common import (
-    BF16_REPORT,
-    INT8_REPORT,
-    METRICS_REPORT,
     MODEL_REPOSITORY,
     PUBLISH_REPORT,
     RAW_DATA,
@@ -138,7 +136,7 @@ def build() -> None:
 def _after_publish(receipt: dict) -> None:
     """Say which versions the pipeline published; start new ones as candidates (never straight
     to every user) on the Triton that serves, when one answers (params.yaml lifecycle)."""
-    entries = [e for e in (receipt, receipt.get("int8"), receipt.get("bf16")) if e]
+    entries = [e for e in (receipt, *(receipt.get(v.key) for v in VARIANTS if v.switched)) if e]
     for e in entries:
         news = "new" if e["new"] else "unchanged"
         say(f"{e['model_name']} version {e['version']} ({news}): {e['role']}")
@@ -174,14 +172,16 @@ def _api_urls() -> list[str]:
 
 
 def _accuracy_line() -> str:
-    try:
-        fp32 = read_json(METRICS_REPORT)["accuracy"]
-        int8 = read_json(INT8_REPORT)["int8_accuracy"]
-    except (OSError, KeyError, ValueError):
+    """Each variant's held-out accuracy, from the report of the stage that measured it."""
+    measured = []
+    for v in VARIANTS:
+        try:
+            measured.append(f"{read_json(REPORTS / v.report)[v.accuracy_key]:.4f} {v.label}")
+        except (OSError, KeyError, ValueError):
+            continue  # not built, or not asked for (quantize.bf16: false)
+    if not measured:
         return "see `dvc metrics show`"
-    bf16 = read_json(BF16_REPORT).get("bf16_accuracy") if BF16_REPORT.is_file() else None
-    also = f", {bf16:.4f} BF16" if bf16 is not None else ""
-    return f"held-out accuracy {fp32:.4f} FP32, {int8:.4f} INT8{also} (`dvc metrics show`: all)"
+    return f"held-out accuracy {', '.join(measured)} (`dvc metrics show`: all)"
 
 
 def _estimate() -> str:
