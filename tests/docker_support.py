@@ -23,7 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from imgcls.variants import VARIANTS
 from local_stack.procs import ManagedProcess
+from local_stack.tritonserver import SHARED_LOOP
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / ".cache" / "docker-standins"
@@ -142,12 +144,11 @@ def build_standins(env: dict[str, str]) -> dict[str, str]:
         )  # fmt: skip
     if not _image_exists(env, TRITON_STANDIN):
         with tempfile.TemporaryDirectory(prefix="triton-standin-") as ctx:
-            for backend in ("onnxruntime", "openvino"):
-                shutil.copytree(
-                    REPO / "services/local-stack/local_stack/backends" / backend,
-                    Path(ctx) / backend,
-                    ignore=shutil.ignore_patterns("__pycache__"),
-                )
+            backends = REPO / "services/local-stack/local_stack/backends"
+            for backend in sorted({v.backend for v in VARIANTS}):
+                shutil.copytree(backends / backend, Path(ctx) / backend,
+                                ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+                shutil.copyfile(backends / SHARED_LOOP, Path(ctx) / backend / SHARED_LOOP)
             docker(
                 env, "build", "-q", "-t", TRITON_STANDIN,
                 "-f", str(REPO / "tests/docker/tritonserver.Dockerfile"),

@@ -24,6 +24,8 @@ from imgcls.variants import VARIANTS
 
 from .procs import ManagedProcess, client_address, free_port
 
+SHARED_LOOP = "batched.py"  # the stand-ins' execute loop, installed beside each model.py
+
 _BACKENDS_SRC = Path(__file__).parent / "backends"
 
 
@@ -53,6 +55,7 @@ def build_backend_dir(dest: Path) -> Path:
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
+        shutil.copyfile(_BACKENDS_SRC / SHARED_LOOP, dest / backend / SHARED_LOOP)
     return dest
 
 

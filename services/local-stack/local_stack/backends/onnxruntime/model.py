@@ -4,15 +4,14 @@ The nvidia-pytriton wheel ships tritonserver and the Python backend but not
 ``libtriton_onnxruntime.so``. Triton loads ``<backend-dir>/onnxruntime/model.py`` for any model
 whose config says ``backend: "onnxruntime"``, so the model repository stays byte-identical to
 what the official image serves natively. Every request of a dynamic batch is concatenated into
-one ONNX Runtime call, so batching pays off here as it does natively.
+one ONNX Runtime call (``batched.py``), so batching pays off here as it does natively.
 """
 
 import json
 import os
 
-import numpy as np
 import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
+from batched import execute_batched  # beside this file (batched.py says why)
 
 
 def _intra_op_threads(config):
@@ -35,24 +34,6 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
 
     def execute(self, requests):
-        try:
-            feeds = {
-                name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
-                for name in self.input_names
-            }
-            sizes = [a.shape[0] for a in feeds[self.input_names[0]]]
-            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
-            results = self.session.run(self.output_names, batch)
-        except Exception as exc:  # one bad batch must not take the model down
-            error = pb_utils.TritonError(f"onnxruntime shim: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        bounds = np.cumsum([0, *sizes])
-        return [
-            pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(name, out[bounds[i] : bounds[i + 1]])
-                    for name, out in zip(self.output_names, results, strict=True)
-                ]
-            )
-            for i in range(len(requests))
-        ]
+        return execute_batched(requests, self.input_names, self.output_names,
+                               lambda batch: self.session.run(self.output_names, batch),
+                               "onnxruntime")  # fmt: skip

@@ -6,7 +6,7 @@ so the same model repository serves here and under the official image. It reads 
 named by ``default_model_filename`` (OpenVINO reads ONNX directly) and the OpenVINO properties
 the config's ``parameters`` name (``INFERENCE_PRECISION_HINT``, ``PERFORMANCE_HINT``,
 ``NUM_STREAMS``, ``INFERENCE_NUM_THREADS``: the native backend's keys). Every request of a
-dynamic batch goes into one inference call.
+dynamic batch goes into one inference call (``batched.py``).
 """
 
 import json
@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 import openvino as ov
-import triton_python_backend_utils as pb_utils
+from batched import execute_batched  # beside this file (batched.py says why)
 
 PROPERTIES = ("INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "NUM_STREAMS",
               "INFERENCE_NUM_THREADS")  # fmt: skip
@@ -38,25 +38,9 @@ class TritonPythonModel:
         self.output_names = [o["name"] for o in config["output"]]
 
     def execute(self, requests):
-        try:
-            feeds = {
-                name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
-                for name in self.input_names
-            }
-            sizes = [a.shape[0] for a in feeds[self.input_names[0]]]
-            batch = {name: np.concatenate(parts) for name, parts in feeds.items()}
-            result = self.request.infer(batch)
-            results = [np.asarray(result[self.compiled.output(name)]) for name in self.output_names]
-        except Exception as exc:  # one bad batch must not take the model down
-            error = pb_utils.TritonError(f"openvino shim: {exc}")
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
-        bounds = np.cumsum([0, *sizes])
-        return [
-            pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor(name, out[bounds[i] : bounds[i + 1]].astype(np.float32))
-                    for name, out in zip(self.output_names, results, strict=True)
-                ]
-            )
-            for i in range(len(requests))
-        ]
+        return execute_batched(requests, self.input_names, self.output_names, self._run, "openvino")
+
+    def _run(self, batch):
+        result = self.request.infer(batch)
+        return [np.asarray(result[self.compiled.output(name)], dtype=np.float32)
+                for name in self.output_names]  # fmt: skip
