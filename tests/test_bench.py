@@ -31,6 +31,7 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
             "API end to end INT8", "API end to end BF16 (OpenVINO)",
             "API, its batching off (BATCH_SLOTS=0)",
             "API end to end, no drift or unknown-class output", "API end to end, capture on",
+            "API end to end, a candidate in shadow at 100 %",
             "peer: Flask threaded=False + JSON tensors",
             "API front alone (no model: answers from memory)"} <= names  # fmt: skip
     failed = [r for r in bench["rows"] if r["errors"] or not r["img_per_s"] > 0]
@@ -41,7 +42,10 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     assert "unknown" in (configs / "resnet50v2/config.pbtxt").read_text()
     assert "unknown" not in (configs / "resnet50v2_plain/config.pbtxt").read_text()
     assert {"outputs_cpu_share_c1", "outputs_cpu_share_c2", "capture_cpu_share_c1",
-            "capture_cpu_share_c2"} <= set(bench["targets"])  # fmt: skip
+            "capture_cpu_share_c2", "shadow_cpu_share_c1",
+            "shadow_cpu_share_c2"} <= set(bench["targets"])  # fmt: skip
+    shadow = (configs / "resnet50v2_shadow/config.pbtxt").read_text()  # the shadow row's model
+    assert "versions: [ 1, 2 ]" in shadow and '"shadow"' in shadow and '"100"' in shadow
     captured = list((bench_work / "capture-32").rglob("*"))  # the capture row's own store
     assert any(p.is_file() for p in captured)
     assert bench["limit_img_per_s"] > 0 and bench["cold_start"]["stack_ready_s"] > 0

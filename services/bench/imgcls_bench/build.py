@@ -115,6 +115,7 @@ def build_models(out: Path, size: int) -> None:
         params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
         publish_model(name, path, LABELS, repo, params, variant=BF16 if name.endswith(BF16.suffix) else FP32,
                       reference=None if name.endswith("_plain") else reference)  # fmt: skip
+    shadowed(repo, fp32, parse_settings(PublishParams, served, "bench model"), reference)
     print(
         json.dumps(
             {
@@ -125,6 +126,36 @@ def build_models(out: Path, size: int) -> None:
             }
         )
     )
+
+
+SHADOWED = "resnet50v2_shadow"  # the ledger's shadow row: a candidate compared on every request
+
+
+def second_version(model: Path, out: Path) -> Path:
+    """The same graph with other bytes: a new version to publish."""
+    import onnx
+
+    graph = onnx.load(str(model))
+    graph.doc_string = "imgcls bench: a second version of the same graph"
+    onnx.save(graph, str(out))
+    return out
+
+
+def shadowed(repo: Path, fp32: Path, params, reference) -> None:
+    """``SHADOWED``: version 1 serving and version 2 (the same graph) its candidate in shadow at
+    100 %, so every request is also answered by the candidate in the background and compared,
+    as a roll-out's shadow step runs."""
+    import tempfile
+
+    from imgcls.model_records import Lifecycle
+    from imgcls.repository import ModelDir
+    from model_preparation.publish import publish_model
+
+    shutil.rmtree(repo / SHADOWED, ignore_errors=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in (fp32, second_version(fp32, Path(tmp) / "v2.onnx")):
+            publish_model(SHADOWED, model, LABELS, repo, params, reference=reference)
+    ModelDir(repo, SHADOWED).write_config(Lifecycle(1, candidate=2, mode="shadow", percent=100))
 
 
 def keras_vs_ort(keras_path: Path, onnx_path: Path, size: int, seconds: float) -> None:

@@ -23,7 +23,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import requests
 
 from imgcls.lifecycle import Controller
@@ -32,6 +31,7 @@ from local_stack.api import ApiServer
 from local_stack.procs import exit_on_sigterm
 from local_stack.tritonserver import TritonServer
 
+from .build import second_version
 from .workload import IMAGE_SIZES, build_models, make_jpegs, served_size
 
 # The bench measures the mechanics, not a model's quality: no gate.
@@ -84,14 +84,6 @@ class _Clients:
             t.join(timeout=60)
 
 
-def _second_version(model: Path, out: Path) -> Path:
-    """The same graph with other bytes: a new version to publish."""
-    graph = onnx.load(str(model))
-    graph.doc_string = "imgcls bench: the version promoted under load"
-    onnx.save(graph, str(out))
-    return out
-
-
 def promote_under_load(
     repository: Path, fp32: Path, jpeg: bytes, work: Path, seconds: float, clients: int = 16
 ) -> dict:
@@ -104,7 +96,7 @@ def promote_under_load(
     shutil.copytree(repository / "resnet50v2", repo / "resnet50v2")
     params = parse_settings(PublishParams, load_params("publish"), "publish")
     with tempfile.TemporaryDirectory() as tmp:
-        v2 = _second_version(fp32, Path(tmp) / "v2.onnx")
+        v2 = second_version(fp32, Path(tmp) / "v2.onnx")
         publish_model("resnet50v2", v2, ["circle", "square", "triangle"], repo, params)
     key = "bench-lifecycle"
     with (

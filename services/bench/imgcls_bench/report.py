@@ -29,7 +29,7 @@ import numpy as np
 
 from . import explain, goals
 from .measure import Row
-from .serving import CAPTURE_ROW, OUTPUTS_OFF_ROW, Scenario
+from .serving import CAPTURE_ROW, OUTPUTS_OFF_ROW, SHADOW_ROW, Scenario
 
 API_ROW = "API end to end (multipart JPEG)"
 VARIANT_ROWS = {"fp32": API_ROW, "int8": "API end to end INT8", "bf16": "API end to end BF16"}
@@ -201,8 +201,9 @@ def targets(run: dict) -> dict:
 def outputs_cost(rows: list[dict]) -> dict:
     """The cost ledger of per-request features, as shares of /predict's server CPU per image at
     each concurrency both rows have: the drift and unknown-class outputs (the row without them
-    against the API row; the goal: at most 5 % at the served size) and capture (the row with it
-    on against the API row, which runs with it off)."""
+    against the API row; the goal: at most 5 % at the served size), capture (the row with it
+    on against the API row, which runs with it off) and a candidate in shadow at 100 % (its
+    answers in the background and their comparison: Triton's work for it included)."""
     out = {}
     for c in sorted({r["concurrency"] for r in rows}):
         api = _pick(rows, API_ROW, c)
@@ -212,9 +213,10 @@ def outputs_cost(rows: list[dict]) -> dict:
         if plain and plain["cpu_s_per_image"]:
             extra = api["cpu_s_per_image"] - plain["cpu_s_per_image"]
             out[f"outputs_cpu_share_c{c}"] = round(extra / api["cpu_s_per_image"], 3)
-        if capture and capture["cpu_s_per_image"]:
-            extra = capture["cpu_s_per_image"] - api["cpu_s_per_image"]
-            out[f"capture_cpu_share_c{c}"] = round(extra / api["cpu_s_per_image"], 3)
+        for key, row in (("capture", capture), ("shadow", _pick(rows, SHADOW_ROW, c))):
+            if row and row["cpu_s_per_image"]:
+                extra = row["cpu_s_per_image"] - api["cpu_s_per_image"]
+                out[f"{key}_cpu_share_c{c}"] = round(extra / api["cpu_s_per_image"], 3)
     return out
 
 

@@ -85,6 +85,7 @@ class Scenario:
 
 OUTPUTS_OFF_ROW = "API end to end, no drift or unknown-class output"
 CAPTURE_ROW = "API end to end, capture on"
+SHADOW_ROW = "API end to end, a candidate in shadow at 100 %"
 CAPTURE_HERE = "<run>"  # a CAPTURE_DIR of its own in the run's scratch folder
 SCENARIOS = (
     Scenario("triton direct (batching on)", "triton"),
@@ -94,6 +95,9 @@ SCENARIOS = (
     Scenario(OUTPUTS_OFF_ROW, "api", "resnet50v2_plain"),
     # Capture on (as `make up` runs it): every answer on record and CAPTURE_RATE of the images.
     Scenario(CAPTURE_ROW, "api", env={"CAPTURE_DIR": CAPTURE_HERE}),
+    # A roll-out's shadow step: every request also answered by the candidate (the same graph,
+    # version 2) in the background and compared (imgcls_bench.build.shadowed).
+    Scenario(SHADOW_ROW, "api", "resnet50v2_shadow"),
     Scenario("API end to end INT8", "api", "resnet50v2_int8", cells=TOP_TWO),
     Scenario("API end to end BF16 (OpenVINO)", "api", "resnet50v2_bf16", cells=TOP_TWO),
     # The front's share of the overhead, measured: same app and gunicorn config, no model.
