@@ -41,6 +41,14 @@ def test_params_yaml_has_one_switch_per_switched_variant():
         assert (v.key in section, v.key in fields) == (v.switched, v.switched), v.key
 
 
+def test_each_variants_gate_is_a_setting_of_the_stage_that_checks_it():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for v in VARIANTS:
+        section, key = v.gate.split(".")
+        assert isinstance(params[section][key], float), v.gate
+    assert len({v.gate for v in VARIANTS}) == 2  # FP32 against Keras, the others against FP32
+
+
 def test_publish_serves_what_the_switches_say():
     from model_preparation.publish import served_variants
     from tests.models import publish_params

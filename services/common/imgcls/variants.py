@@ -1,6 +1,7 @@
 """The model variants, declared once: what each is called when served, which file it is served
 from, which Triton backend runs it, which in-process runtime computes the same answers, which
-stage measured its held-out accuracy, and which ``params.yaml`` switch serves it.
+stage measured its held-out accuracy, which setting its file is held to, and which
+``params.yaml`` switch serves it.
 
 Publish, the labelled gate, the contract's model names (and through them the API's ``MODELS``,
 compose and Helm), ``make up``'s summary and the bench read this table; ``tests/test_variants.py``
@@ -24,6 +25,7 @@ class Variant:
     report: str  # the report under artifacts/reports/ with its held-out accuracy...
     accuracy_key: str  # ...under this key
     label: str  # how people call it (summaries, logs)
+    gate: str  # the params.yaml key its file is held to before it may be published
 
     @property
     def switched(self) -> bool:
@@ -34,12 +36,13 @@ class Variant:
         return f"{model}{self.suffix}"
 
 
+# FP32 is held to Keras (export's tolerance), the others to FP32 (quantize's top-1 agreement).
 FP32 = Variant("fp32", "", "model.onnx", "onnxruntime", "", "onnxruntime", "metrics.json",
-               "accuracy", "FP32")  # fmt: skip
+               "accuracy", "FP32", "export.tolerance")  # fmt: skip
 INT8 = Variant("int8", "_int8", "model.int8.onnx", "onnxruntime", "", "onnxruntime", "int8.json",
-               "int8_accuracy", "INT8")  # fmt: skip
+               "int8_accuracy", "INT8", "quantize.min_agreement")  # fmt: skip
 BF16 = Variant("bf16", "_bf16", "model.onnx", "openvino", "bf16", "openvino-bf16", "bf16.json",
-               "bf16_accuracy", "BF16")  # fmt: skip
+               "bf16_accuracy", "BF16", "quantize.min_agreement")  # fmt: skip
 VARIANTS: tuple[Variant, ...] = (FP32, INT8, BF16)
 
 
