@@ -192,3 +192,51 @@ def test_the_readme_stays_a_front_page():
     assert len(lines) <= README_MAX_LINES, (
         f"README.md has {len(lines)} lines (at most {README_MAX_LINES}): move a section to docs/"
     )
+
+
+# Figures the docs quote from the committed reports (artifacts/reports/, the demo model's): each
+# pattern must be found, and every figure it finds must be the report's, at the digits quoted.
+QUOTED = [
+    ("README.md", r"held-out \*\*(\d\.\d{4})\*\*", "metrics.json", ["accuracy"]),
+    ("README.md", r"\*\*(\d\.\d{3})\*\* on average over the shift stage", "shift.json", ["mean", "fp32"]),
+    ("README.md", r"ViM, AUROC (\d\.\d{3}) on new shapes", "ood.json", ["methods", "vim", "near", "auroc"]),
+    ("README.md", r"new shapes and (\d\.\d{3}) on photos", "ood.json", ["methods", "vim", "photos", "auroc"]),
+    ("docs/monitoring.md", r"held-out\s+accuracy (\d\.\d{4}), 64²", "metrics.json", ["accuracy"]),
+    ("docs/monitoring.md", r"accuracy \d\.\d{4}, 64², (\d+) held-out", "metrics.json", ["num_images"]),
+    ("docs/monitoring.md", r"flagged; near (\d+\.\d) %, photos", "ood.json", ["either_flag", "near"]),
+    ("docs/monitoring.md", r"photos (\d+\.\d) %, flat", "ood.json", ["either_flag", "photos"]),
+    ("docs/monitoring.md", r"(\d\.\d) % of held-out images flagged", "ood.json", ["either_flag", "held_out"]),
+]  # fmt: skip
+
+
+def misquoted(text: str, pattern: str, value: float) -> list[str]:
+    """The figures ``pattern`` finds in ``text`` that are not ``value`` at their own digits (a
+    figure with a % sign: ``value`` × 100); [""] when it finds none."""
+    found = re.findall(pattern, text)
+    if not found:
+        return [""]
+    wrong = []
+    for figure in found:
+        digits = len(figure.partition(".")[2])
+        scale = 100 if re.search(re.escape(figure) + r" %", text) else 1
+        if figure != f"{value * scale:.{digits}f}":
+            wrong.append(figure)
+    return wrong
+
+
+@pytest.mark.parametrize(("doc", "pattern", "report", "path"), QUOTED)
+def test_figures_quoted_from_the_committed_reports_are_theirs(doc, pattern, report, path):
+    import json
+
+    value = json.loads((REPO / "artifacts/reports" / report).read_text())
+    for key in path:
+        value = value[key]
+    assert misquoted((REPO / doc).read_text(), pattern, value) == [], (doc, pattern, report, value)
+
+
+def test_the_quote_check_sees_a_stale_figure_and_a_missing_one():
+    assert misquoted("held-out **0.9966** and **0.9801**", r"\*\*(\d\.\d{4})\*\*", 0.99661) == [
+        "0.9801"
+    ]
+    assert misquoted("photos 88.4 %, flat", r"photos (\d+\.\d) %", 0.8842) == []
+    assert misquoted("no figure here", r"held-out (\d\.\d{4})", 0.9) == [""]
