@@ -1,4 +1,4 @@
-"""The API's adaptive batching (``imgcls_api.batching.Batcher``): who rides in which call.
+"""The API's adaptive batching (``imgcls.gateway.batching.Batcher``): who rides in which call.
 
 Fast, no Triton: ``send`` is a function of the test. Each image is a distinct number, so a test
 can tell whether every request got back its own rows.

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.gateway import cooperative
 from imgcls.preprocessing import ImageError, load_image
-from imgcls_api import cooperative
 
 
 def _jpeg(width: int, height: int) -> bytes:
