@@ -240,3 +240,52 @@ def test_the_quote_check_sees_a_stale_figure_and_a_missing_one():
     ]
     assert misquoted("photos 88.4 %, flat", r"photos (\d+\.\d) %", 0.8842) == []
     assert misquoted("no figure here", r"held-out (\d\.\d{4})", 0.9) == [""]
+
+
+ENV_NAME = re.compile(r"^([A-Z][A-Z0-9]*_[A-Z0-9_]+)(?:=\S*)?$")  # CAPTURE_DIR, BATCH_SLOTS=0
+
+
+@cache
+def code_text() -> str:
+    """Every tracked file that is not prose or a report: where a setting's name must appear."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout
+    paths = [
+        REPO / f for f in listed.split() if not f.endswith(".md") and not f.startswith("artifacts/")
+    ]
+    return "\n".join(p.read_text("utf-8", errors="ignore") for p in paths
+                     if p.is_file() and p.stat().st_size < 2_000_000)  # fmt: skip
+
+
+def settings_names() -> set[str]:
+    """The API's and gunicorn's settings, read from the environment by their field names."""
+    import dataclasses
+
+    from imgcls_api.settings import ServerSettings, Settings
+
+    return {f.name.upper() for cls in (Settings, ServerSettings) for f in dataclasses.fields(cls)}
+
+
+def unknown_env_names(
+    named: list[tuple[str, str]], known: set[str], code: str
+) -> list[tuple[str, str]]:
+    """The (doc, NAME) pairs whose NAME is neither a setting nor anywhere in the code."""
+    return [(doc, name) for doc, name in named
+            if name not in known and not re.search(rf"\b{name}\b", code)]  # fmt: skip
+
+
+def test_every_environment_variable_named_exists():
+    """A name like `CAPTURE_DIR` or `BATCH_SLOTS=0` in the docs' code spans is a setting of the
+    API or gunicorn, or appears in the code, the Makefile, compose, Helm or CI that reads it."""
+    named = [(doc, m.group(1)) for doc, span in _named(r"^(.+)$")
+             for m in [ENV_NAME.match(span.strip())] if m]  # fmt: skip
+    assert len(named) > 20, "the docs name settings: the reader found none"
+    assert unknown_env_names(named, settings_names(), code_text()) == []
+
+
+def test_the_env_check_sees_a_name_nothing_reads():
+    named = [("README.md", "BATCH_SLOTS"), ("README.md", "CAPTURE_DIRECTORY")]
+    assert unknown_env_names(named, {"BATCH_SLOTS"}, "os.environ['CAPTURE_DIR']") == [
+        ("README.md", "CAPTURE_DIRECTORY")
+    ]
