@@ -44,6 +44,8 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     assert {"outputs_cpu_share_c1", "outputs_cpu_share_c2", "capture_cpu_share_c1",
             "capture_cpu_share_c2", "shadow_cpu_share_c1",
             "shadow_cpu_share_c2"} <= set(bench["targets"])  # fmt: skip
+    assert {"metrics_cpu_share_c1", "metrics_cpu_share_c2"} <= set(bench["targets"])
+    assert bench["metrics_cost"]["multiprocess"] and bench["metrics_cost"]["cpu_ms_per_image"] > 0
     shadow = (configs / "resnet50v2_shadow/config.pbtxt").read_text()  # the shadow row's model
     assert "versions: [ 1, 2 ]" in shadow and '"shadow"' in shadow and '"100"' in shadow
     captured = list((bench_work / "capture-32").rglob("*"))  # the capture row's own store
@@ -197,3 +199,13 @@ def _cmdline(process) -> str:
         return " ".join(process.cmdline())
     except psutil.Error:  # gone, or a zombie not yet reaped
         return ""
+
+
+def test_the_per_version_metrics_are_timed_in_multiprocess_mode_and_bad_counts_refused():
+    cmd = [sys.executable, "-m", "imgcls_bench.metrics_cost", "--calls", "50"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    cost = json.loads(run.stdout.splitlines()[-1])
+    assert cost["calls"] == 50 and cost["multiprocess"] and cost["cpu_ms_per_image"] > 0
+    refused = subprocess.run([*cmd[:-1], "0"], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--calls must be at least 1" in refused.stderr

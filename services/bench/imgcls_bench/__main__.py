@@ -153,6 +153,13 @@ def _keras_vs_ort(built: dict, size: int, secs: float) -> dict:
     return json.loads(out.splitlines()[-1])
 
 
+def _metrics_cost(calls: int) -> dict:
+    """``imgcls_bench.metrics_cost`` in a process of its own (prometheus' multiprocess mode)."""
+    cmd = [sys.executable, "-m", "imgcls_bench.metrics_cost", "--calls", str(calls)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headline: bool) -> dict:
     """Every path at one image size, with the overhead of each against this size's limit."""
     work, secs = Path(args.work).resolve(), args.seconds
@@ -186,6 +193,8 @@ def run_size(size: int, args: argparse.Namespace, jpegs: dict[str, bytes], headl
                                               clients=4 if args.quick else 16)  # fmt: skip
     _log(f"{size}²: explanations (alone, and 1 in {explain.MIX_EVERY} of /predict's requests)")
     out["explain"] = explain.measure_size(Path(built["repository"]), jpegs["640x480"], work, secs)
+    _log(f"{size}²: the per-version metrics' cost per image (their own process)")
+    out["metrics_cost"] = _metrics_cost(300 if args.quick else 3000)
     if not args.quick:
         _log(f"{size}²: ONNX Runtime vs Keras (tf.function)")
         out["onnxruntime_vs_keras"] = _keras_vs_ort(built, size, secs)

@@ -195,15 +195,16 @@ def targets(run: dict) -> dict:
     base, api = _pick(rows, "peer: Flask"), _pick(rows, API_ROW)
     if base and api:
         out["api_over_baseline"] = round(api["img_per_s"] / base["img_per_s"], 2)
-    return {**out, **outputs_cost(rows), **_variants(run)}
+    return {**out, **outputs_cost(rows, run.get("metrics_cost")), **_variants(run)}
 
 
-def outputs_cost(rows: list[dict]) -> dict:
+def outputs_cost(rows: list[dict], metrics: dict | None = None) -> dict:
     """The cost ledger of per-request features, as shares of /predict's server CPU per image at
     each concurrency both rows have: the drift and unknown-class outputs (the row without them
     against the API row; the goal: at most 5 % at the served size), capture (the row with it
     on against the API row, which runs with it off) and a candidate in shadow at 100 % (its
-    answers in the background and their comparison: Triton's work for it included)."""
+    answers in the background and their comparison: Triton's work for it included), and the
+    per-version metrics (always on: ``metrics``, their CPU per image timed on their own)."""
     out = {}
     for c in sorted({r["concurrency"] for r in rows}):
         api = _pick(rows, API_ROW, c)
@@ -217,6 +218,9 @@ def outputs_cost(rows: list[dict]) -> dict:
             if row and row["cpu_s_per_image"]:
                 extra = row["cpu_s_per_image"] - api["cpu_s_per_image"]
                 out[f"{key}_cpu_share_c{c}"] = round(extra / api["cpu_s_per_image"], 3)
+        if metrics:
+            share = metrics["cpu_ms_per_image"] / 1000 / api["cpu_s_per_image"]
+            out[f"metrics_cpu_share_c{c}"] = round(share, 4)
     return out
 
 

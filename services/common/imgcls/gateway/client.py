@@ -359,7 +359,7 @@ class TritonGateway:
             except ApiError as exc:
                 _observe_error(info, role, exc)
                 raise
-            _observe(info, role, started, outputs)
+            observe_answer(info, role, started, outputs)
             if compare:
                 self._compare(route, role, images, outputs.probabilities, info)
             return outputs, info
@@ -445,7 +445,7 @@ class TritonGateway:
                 if not isinstance(exc, VersionGone):
                     _observe_error(other, other_role, exc)
                 return
-            _observe(answered, other_role, started, other_outputs)
+            observe_answer(answered, other_role, started, other_outputs)
             pairs = [(info, probs), (answered, other_probs)]
             (s_info, s_probs), (c_info, c_probs) = pairs if role == "serving" else pairs[::-1]
             outcomes = compare_top1(s_info.labels, c_info.labels, s_probs, c_probs)
@@ -491,7 +491,7 @@ def _status(exc: InferenceServerException) -> int | None:
         return None
 
 
-def _observe(info: ModelInfo, role: str, started: float, outputs: Outputs) -> None:
+def observe_answer(info: ModelInfo, role: str, started: float, outputs: Outputs) -> None:
     """A version's answer, in whatever role: what the roll-out's live guards read."""
     MODEL_REQUESTS.labels(info.name, info.version, role).inc()
     MODEL_LATENCY.labels(info.name, info.version, role).observe(time.perf_counter() - started)
