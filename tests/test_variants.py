@@ -70,3 +70,13 @@ def test_every_backend_has_its_stand_in_locally_and_in_the_docker_test_image():
         stand_in = REPO / "services/local-stack/local_stack/backends" / backend / "model.py"
         assert stand_in.is_file(), backend
         assert f"COPY {backend} /opt/tritonserver/backends/{backend}" in dockerfile, backend
+
+
+def test_publish_refuses_a_switched_variant_no_stage_measured():
+    from model_preparation.publish import unmeasured
+    from tests.models import publish_params
+
+    measured = {"fp32": 0.99, "int8": 0.98, "bf16": 0.99}
+    assert unmeasured(publish_params(int8=True, bf16=True), measured) == []
+    assert unmeasured(publish_params(int8=True, bf16=True), {**measured, "bf16": None}) == [BF16]
+    assert unmeasured(publish_params(int8=True, bf16=False), {**measured, "bf16": None}) == []

@@ -75,7 +75,7 @@ def build_models(out: Path, size: int) -> None:
     batching off, as one instance using every core, as two single-thread instances, and INT8."""
     import keras
 
-    from imgcls.variants import BF16, FP32, INT8
+    from imgcls.variants import BF16, FP32, INT8, VARIANTS
     from model_preparation import int8 as int8_module
     from model_preparation.common import load_params, parse_settings
     from model_preparation.export import convert
@@ -113,7 +113,8 @@ def build_models(out: Path, size: int) -> None:
     for name, (path, extra) in models.items():
         shutil.rmtree(repo / name, ignore_errors=True)  # version 1: the current build, serving
         params = parse_settings(PublishParams, {**served, **extra}, f"bench model {name}")
-        publish_model(name, path, LABELS, repo, params, variant=BF16 if name.endswith(BF16.suffix) else FP32,
+        variant = next((v for v in VARIANTS if v.switched and name.endswith(v.suffix)), FP32)
+        publish_model(name, path, LABELS, repo, params, variant=variant,
                       reference=None if name.endswith("_plain") else reference)  # fmt: skip
     shadowed(repo, fp32, parse_settings(PublishParams, served, "bench model"), reference)
     print(

@@ -241,6 +241,11 @@ def served_variants(params: PublishParams) -> list[Variant]:
     return [v for v in VARIANTS if not v.switched or getattr(params, v.key)]
 
 
+def unmeasured(params: PublishParams, accuracy: dict[str, float | None]) -> list[Variant]:
+    """The variants ``params`` would serve that no stage measured: publish refuses them."""
+    return [v for v in served_variants(params) if v.switched and accuracy.get(v.key) is None]
+
+
 def _accuracies() -> dict[str, float | None]:
     """What the evaluate and quantize stages measured on the held-out split, by variant."""
     found: dict[str, float | None] = {}
@@ -255,12 +260,13 @@ def _accuracies() -> dict[str, float | None]:
 def main() -> None:
     params = load_settings(PublishParams, "publish")
     accuracy = _accuracies()
-    unmeasured = [v for v in served_variants(params) if v.switched and accuracy[v.key] is None]
-    if unmeasured:
-        v = unmeasured[0]
+    missing = unmeasured(params, accuracy)
+    if missing:
+        v = missing[0]
         raise PipelineError(
             f"publish.{v.key} serves the {v.label} variant, but no stage measured it "
-            f"(artifacts/reports/{v.report}: set quantize.{v.key}: true)"
+            f"(artifacts/reports/{v.report} has no {v.accuracy_key}: run the quantize stage, "
+            f"with quantize.{v.key}: true where params.yaml has that switch)"
         )
     reference = Reference.load(REFERENCE) if params.drift else None
     receipt = publish(ARTIFACTS, LABELS_FILE, MODEL_REPOSITORY, params, accuracy, reference)
