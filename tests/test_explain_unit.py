@@ -53,6 +53,24 @@ def test_a_map_that_ignores_the_image_points_nowhere_in_particular():
     assert mass_inside(grid, (0, 0, 8, 8), SIZE) == 0.0
     assert uniform_inside((0, 0, SIZE, SIZE), SIZE) == pytest.approx(1.0)
     assert uniform_inside((0, 0, SIZE / 2, SIZE / 2), SIZE) == pytest.approx(0.25)
+    assert not points_inside(grid, (0, 0, SIZE, SIZE), SIZE)  # even a box that is everything
+
+
+def test_rounding_in_an_answer_that_ignores_the_image_is_no_map():
+    """The random-weight control answers the same to every copy but for float32 rounding (drops
+    of 1e-7 whose signs depend on the runtime's threads): that must score as no map at all, while
+    a real drop ten times the rounding's bound still points."""
+    box = (0, 0, 8, 8)
+    occlusion = Occlusion(SIZE, SIZE)
+    noisy = np.float32(0.5) + np.random.default_rng(0).choice([-1, 0, 1], 50) * np.float32(6e-8)
+    noisy[0] = np.float32(0.5)
+    noisy[1] = np.float32(0.5) - np.float32(1.2e-7)  # the first patch covers the box
+    grid = occlusion.heatmap(noisy)
+    assert not grid.any() and not points_inside(grid, box, SIZE)
+    assert mass_inside(grid, box, SIZE) == 0.0
+    real = noisy.copy()
+    real[1] = np.float32(0.5) - np.float32(1e-5)
+    assert points_inside(occlusion.heatmap(real), box, SIZE)
 
 
 def test_tiny_images_are_refused():

@@ -23,6 +23,10 @@ from PIL import Image
 GRID = 8  # cells per side of the returned map (each an eighth of the image side)
 MAX_IMAGES = 4  # per POST /explain: each image costs 50 forward passes
 PATCH_CELLS = 2  # the patch covers 2×2 cells: a quarter of the side
+# A drop of a float32 probability smaller than this is rounding, not the model: a model whose
+# answer does not depend on the image (the random-weight control) gives drops of 1e-7, and
+# their signs, order and so the map's peak change with the runtime's thread count.
+NOISE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class Occlusion:
         """``GRID×GRID`` drops of the class's probability; ``probabilities`` is the class's column
         for the batch of :meth:`batch` (the unmasked image first)."""
         drops = probabilities[0] - probabilities[1:]
+        drops = np.where(np.abs(drops) < NOISE, 0.0, drops)
         total = np.zeros((GRID, GRID))
         count = np.zeros((GRID, GRID))
         for drop, (r, c) in zip(drops, self.positions, strict=True):
@@ -81,7 +86,10 @@ def cell_box(row: int, col: int, height: int, width: int) -> tuple[float, float,
 
 def points_inside(grid: np.ndarray, box: tuple[float, float, float, float], size: int) -> bool:
     """The pointing game: the centre of the map's peak cell lies inside ``box`` (x0, y0, x1, y1
-    in the pixels of the ``size × size`` model input)."""
+    in the pixels of the ``size × size`` model input). A map without a positive cell (hiding no
+    part of the image lowers the answer) points nowhere."""
+    if grid.max() <= 0:
+        return False
     x0, y0, x1, y1 = cell_box(*peak(grid), size, size)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]

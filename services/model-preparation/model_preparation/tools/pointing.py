@@ -77,15 +77,17 @@ def score(model: Path, images: list[np.ndarray], boxes_px: list, size: int) -> d
     """Pointing game and mass inside the boxes of the occlusion maps of ``model``."""
     sess = session(model)
     occlusion = Occlusion(size, size)
-    hits, mass, uniform = [], [], []
+    hits, mass, uniform, empty = [], [], [], 0
     for pixels, box in zip(images, boxes_px, strict=True):
         probs = predict(sess, occlusion.batch(pixels), batch_size=64)
         grid = occlusion.heatmap(probs[:, int(np.argmax(probs[0]))])
         hits.append(points_inside(grid, box, size))
+        empty += int(grid.max() <= 0)
         mass.append(mass_inside(grid, box, size))
         uniform.append(uniform_inside(box, size))
     return {"images": len(images), "pointing": float(np.mean(hits)),
-            "mass_inside": float(np.mean(mass)), "uniform_inside": float(np.mean(uniform))}  # fmt: skip
+            "mass_inside": float(np.mean(mass)), "uniform_inside": float(np.mean(uniform)),
+            "empty_maps": empty}  # fmt: skip
 
 
 def randomized(model: Path, out: Path, seed: int = 0) -> Path:
@@ -176,7 +178,8 @@ def main() -> None:
     for name, c in result["controls"].items():
         verdict = "fails the check, as it must" if c["pointing"] < GOAL else "PASSES the check"
         print(f"control {name.replace('_', '-')}: pointing {c['pointing']:.3f}, mass "
-              f"{c['mass_inside']:.3f} ({verdict})")  # fmt: skip
+              f"{c['mass_inside']:.3f}, {c['empty_maps']} maps without a positive cell "
+              f"({verdict})")  # fmt: skip
 
 
 if __name__ == "__main__":
