@@ -6,7 +6,8 @@ shared builds out of the test that happened to trigger them: the tiny pipeline a
 trainings (``tests/builds.py``) are phases of their own. With several workers (pytest-xdist) the
 phases overlap in time: their sum is worker time, and the wall time of the session is printed
 beside it. ``.ci/run`` prints the same table and adds its own phases (Debian installs, the
-environment, lint); the JSON goes to ``$PHASES_JSON`` when it is set.
+environment, lint); the JSON goes to ``$PHASES_JSON`` when it is set, with every test's worker,
+start and seconds (the timeline: which test a worker waited on, what ran beside a shared build).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ PHASES = (
     "integration (Triton + API)",
     "pipeline and trainings",
 )
+LONG = 1.0  # seconds: shorter tests stay out of the JSON's timeline
 _done_builds: list[tuple[str, float]] = []  # builds finished in this process, not yet reported
 
 
@@ -77,6 +79,7 @@ class PhaseReport:
         self.tests: dict[str, set[str]] = defaultdict(set)
         self.started = time.monotonic()
         self._builds_seen: set[tuple[str, str]] = set()
+        self.timeline: dict[str, dict] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -90,6 +93,16 @@ class PhaseReport:
             spent -= seconds
         self.seconds[phase] += max(spent, 0.0)
         self.tests[phase].add(report.nodeid)
+        self._place(report, phase)
+
+    def _place(self, report: pytest.TestReport, phase: str) -> None:
+        node = getattr(report, "node", None)  # the xdist worker that ran it, on the controller
+        worker = getattr(getattr(node, "gateway", None), "id", "main")
+        row = self.timeline.setdefault(report.nodeid, {"test": report.nodeid, "phase": phase,
+                                                       "worker": worker, "start": report.start,
+                                                       "seconds": 0.0})  # fmt: skip
+        row["start"] = min(row["start"], report.start)
+        row["seconds"] = round(row["seconds"] + report.duration, 2)
 
     def rows(self) -> list[tuple[str, float, int]]:
         order = [*PHASES, *sorted(k for k in self.seconds if k not in PHASES)]
@@ -112,8 +125,15 @@ class PhaseReport:
         if target:
             payload = {"wall_s": round(wall, 1),
                        "phases": [{"phase": p, "seconds": round(s, 1), "tests": n}
-                                  for p, s, n in rows]}  # fmt: skip
+                                  for p, s, n in rows],
+                       "timeline": self._timeline()}  # fmt: skip
             Path(target).write_text(json.dumps(payload, indent=2) + "\n")
+
+    def _timeline(self) -> list[dict]:
+        """Tests of at least ``LONG`` seconds, by start, seconds from the first test's start."""
+        rows = sorted(self.timeline.values(), key=lambda r: r["start"])
+        t0 = rows[0]["start"] if rows else 0.0
+        return [{**r, "start": round(r["start"] - t0, 1)} for r in rows if r["seconds"] >= LONG]
 
 
 def _minutes(seconds: float) -> str:
