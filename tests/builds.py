@@ -52,6 +52,7 @@ TINY_PARAMS = {
             "zoom_out": 0.0,
             "zoom_in": 0.0,
             "translate": 0.0,
+            "stretch": 0.0,
             "noise": 0.0,
             "blur": 0.0,
             "brightness": 0.0,

@@ -14,7 +14,7 @@ from tests.builds import REPO
 
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["augment"]
 STRONG = {"rotation": 0.2, "contrast": 0.5, "zoom_out": 1.0, "zoom_in": 0.5, "translate": 0.3,
-          "noise": 24.0, "blur": 2.0, "brightness": 0.3}  # fmt: skip
+          "stretch": 1.0, "noise": 24.0, "blur": 2.0, "brightness": 0.3}  # fmt: skip
 
 
 def settings(**changes):

@@ -161,12 +161,12 @@ def shadowed(repo: Path, fp32: Path, params, reference) -> None:
 
 def keras_vs_ort(keras_path: Path, onnx_path: Path, size: int, seconds: float) -> None:
     """img/s of Keras (tf.function, inference mode) vs ONNX Runtime at batch 1 and 8."""
-    import keras
     import tensorflow as tf
 
     from model_preparation.onnx_utils import session
+    from model_preparation.pixel_layers import load_model
 
-    model = keras.models.load_model(keras_path, compile=False)
+    model = load_model(keras_path)
     fn = tf.function(lambda x: model(x, training=False))
     sess = session(onnx_path)
     result = {}

@@ -65,10 +65,11 @@ def rename_output(model: onnx.ModelProto, new_name: str) -> None:
 def saved_model(keras_path: Path, out: Path, image_size: int) -> None:
     """Keras → SavedModel with the serving signature (run in a child: ``--saved-model``)."""
     quiet_tensorflow()
-    import keras
     import tensorflow as tf
 
-    model = keras.models.load_model(keras_path, compile=False)
+    from .pixel_layers import load_model
+
+    model = load_model(keras_path)
     spec = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name=INPUT_NAME)
     model.export(str(out), format="tf_saved_model", input_signature=[spec], verbose=False)
 
@@ -103,11 +104,10 @@ def export(model_path: Path, prepared: Path, out: Path, report: Path, params: Ex
     convert(model_path, size, params.opset, out)
 
     quiet_tensorflow()  # only now: the conversion's children are gone
-    import keras
-
+    from .pixel_layers import load_model
     from .tfdata import read_split
 
-    keras_model = keras.models.load_model(model_path, compile=False)
+    keras_model = load_model(model_path)
     n = params.parity_samples
     images = np.stack(
         [img for img, _ in read_split(prepared, "val", size).take(n).as_numpy_iterator()]

@@ -11,20 +11,27 @@ quiet_tensorflow()
 import keras  # noqa: E402
 
 from .adasmooth import AdaSmooth  # noqa: E402
+from .pixel_layers import Standardize  # noqa: E402
 
 if TYPE_CHECKING:
     from .train_params import AugmentParams, TrainParams
 
 
-def build_model(image_size: int, num_classes: int, bn_momentum: float = 0.9) -> keras.Model:
-    """uint8 pixels → Rescaling to [-1, 1] → ResNet50V2 (random init) → softmax.
+def build_model(
+    image_size: int, num_classes: int, bn_momentum: float = 0.9, pixels: str = "rescale"
+) -> keras.Model:
+    """uint8 pixels → ``pixels``: Rescaling to [-1, 1], or Standardize (per image) → ResNet50V2
+    (random init) → softmax.
 
     BatchNorm momentum is lowered from Keras' 0.99: on short from-scratch runs the moving
     averages otherwise lag the weights and inference-mode accuracy collapses. The head computes
     in float32 even under mixed precision, so the softmax stays exact.
     """
     inputs = keras.Input((image_size, image_size, 3), dtype="uint8", name=INPUT_NAME)
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
+    if pixels == "standardize":
+        x = Standardize(dtype="float32", name="standardize")(inputs)
+    else:
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(inputs)
     backbone = keras.applications.ResNet50V2(
         weights=None, include_top=False, input_shape=(image_size, image_size, 3), pooling="avg"
     )
@@ -75,7 +82,7 @@ class RandomNoise(keras.layers.Layer):
 
 def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
     """``train.augment``'s random changes, used on the training batches only, each seeded: the
-    geometry first (flip; rotation, its corners black; zoom and translation, the uncovered
+    geometry first (flip; rotation, its corners black; zoom, stretch and translation, the uncovered
     canvas mirroring the picture),
     then the pixels (contrast, brightness, blur, noise). Pixels stay float32 whatever
     ``train.mixed_precision`` says: the model's policy is for the model."""
@@ -89,6 +96,9 @@ def augmenter(params: AugmentParams, seed: int) -> keras.Sequential:
     if params.zoom_out or params.zoom_in:
         layers.append(keras.layers.RandomZoom((-params.zoom_in, params.zoom_out), seed=seed + 3,
                                               **f32))  # fmt: skip
+    if params.stretch:  # height and width drawn apart: a wider or a taller picture
+        layers.append(keras.layers.RandomZoom((0.0, params.stretch), (0.0, params.stretch),
+                                              seed=seed + 8, **f32))  # fmt: skip
     if params.translate:
         layers.append(keras.layers.RandomTranslation(params.translate, params.translate,
                                                      seed=seed + 4, **f32))  # fmt: skip

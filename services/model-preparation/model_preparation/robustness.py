@@ -151,12 +151,11 @@ def robustness(
     """One row per ε: accuracy of each served model under each attack; with ``attention``, a
     picture of the strongest attack's first successes on the FP32 model, clean and attacked,
     each with its occlusion map (what the answer depends on, ``imgcls.explain``)."""
-    quiet_tensorflow()
-    import keras
+    from .pixel_layers import load_model
 
     meta = Prepared.read(prepared)
     images, labels = load_arrays(prepared, "val", meta.image_size)
-    model = float_input_model(keras.models.load_model(keras_path, compile=False))
+    model = float_input_model(load_model(keras_path))
     grad = input_gradient(model, params.gradient_batch_size)
     sessions = {name: session(path) for name, path in onnx_models.items()}
     rng = np.random.default_rng(params.seed) if params.pgd_random_start else None

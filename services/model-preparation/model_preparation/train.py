@@ -159,7 +159,7 @@ def train(
     keras.mixed_precision.set_global_policy(policy)
     try:
         with strategy.scope():
-            model = build_model(size, len(labels), params.bn_momentum)
+            model = build_model(size, len(labels), params.bn_momentum, params.pixels)
             if source is not None:
                 print(f"train: starting from {warm_start(model, source, labels)}", flush=True)
             optimizer = make_optimizer(params, policy)
@@ -168,7 +168,9 @@ def train(
         keras.mixed_precision.set_global_policy("float32")
         shutil.rmtree(cache_dir, ignore_errors=True)
     if chief and out is not None:
-        final = build_model(size, len(labels), params.bn_momentum)  # plain float32, no strategy
+        final = build_model(
+            size, len(labels), params.bn_momentum, params.pixels
+        )  # plain float32, no strategy
         final.set_weights(best)
         out.parent.mkdir(parents=True, exist_ok=True)
         final.save(out)

@@ -12,6 +12,7 @@ from .warmstart import parse_init
 
 CACHES = ("none", "file", "memory")
 POLICIES = ("auto", "float32", "mixed_bfloat16", "mixed_float16")  # train.mixed_precision
+PIXELS = ("rescale", "standardize")  # train.pixels: the served graph's first layer
 
 
 @dataclass(frozen=True)
@@ -24,13 +25,14 @@ class AugmentParams:
     zoom_out: float  # the picture shrunk to 1 / (1 + up to this): the object smaller
     zoom_in: float  # up to this share cropped away: the object larger
     translate: float  # moved by up to this share of each side
+    stretch: float  # each side shrunk on its own to 1 / (1 + up to this): the aspect changed
     noise: float  # Gaussian noise, σ up to this (pixel units)
     blur: float  # Gaussian blur of half the images, σ up to this (pixels)
     brightness: float  # up to this share of the range lighter or darker
 
     def __post_init__(self) -> None:
         bounds = {"rotation": 1.0, "contrast": 1.0, "zoom_out": 1.0, "zoom_in": 0.9,
-                  "translate": 0.5, "noise": 128.0, "blur": 8.0, "brightness": 1.0}  # fmt: skip
+                  "translate": 0.5, "stretch": 2.0, "noise": 128.0, "blur": 8.0, "brightness": 1.0}  # fmt: skip
         for name, high in bounds.items():
             value = getattr(self, name)
             if not 0 <= value <= high:
@@ -54,8 +56,11 @@ class TrainParams:
     mixed_precision: str  # auto, or a Keras policy: float32 | mixed_bfloat16 | mixed_float16
     augment: AugmentParams
     init: str  # scratch | serving | serving:<model>: the weights training starts from
+    pixels: str  # rescale: x/127.5 − 1 | standardize: each image to mean 0, spread 1
 
     def __post_init__(self) -> None:
+        if self.pixels not in PIXELS:
+            raise PipelineError(f"train.pixels {self.pixels!r}: choose one of {', '.join(PIXELS)}")
         if self.optimizer not in OPTIMIZERS:
             raise PipelineError(
                 f"train.optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"

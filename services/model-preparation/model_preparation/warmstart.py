@@ -60,7 +60,9 @@ def warm_start(model, source: dict, labels: list[str]) -> str:
     import keras
     import numpy as np
 
-    old = keras.models.load_model(source["path"], compile=False)
+    from .pixel_layers import load_model
+
+    old = load_model(source["path"])
     backbone = [x for x in model.layers if isinstance(x, keras.Model)]
     old_backbone = [x for x in old.layers if isinstance(x, keras.Model)]
     if len(backbone) != 1 or len(old_backbone) != 1:
