@@ -63,21 +63,10 @@ TINY_PARAMS = {
     "robustness": {"epsilons": [0, 4, 8]},
     "quantize": {"calibration_images": 64, "min_agreement": 0.8},
     "publish": {"max_batch_size": 16},
-    # one severity per shift (two for scale): the stage's cost is mostly FP32 inference
-    "shift": {
-        "shifts": {
-            "scale": [0.5, 0.35],
-            "crop": [0.7],
-            "translate": [0.2],
-            "rotate": [30],
-            "aspect": [2.0],
-            "noise": [16],
-            "blur": [1.0],
-            "jpeg": [25],
-            "brightness": [0.5],
-            "contrast": [0.4],
-        }
-    },
+    # the stage's cost is its inference (52 s of the build for eleven rows under CI's load): the
+    # rows test_shift reads (the scale curve, the mildest noise, a shift that costs); every
+    # shift's own geometry and bounds are unit-tested (test_shift_unit)
+    "shift": {"shifts": {"scale": [0.5, 0.35], "noise": [16], "brightness": [0.5]}},
     "compare": {"optimizers": ["adam", "sgd"], "seeds": [1], "epochs": 2, "steps_per_epoch": 3},
 }
 
