@@ -40,7 +40,11 @@ TINY_PARAMS = {
     # a doubled rate, seeds 42 and 7, 2026-12-03), and so does zooming out (0.47 with
     # zoom_out 1, zoom_in 0.2, translate 0.1); the default params' augmentation is trained in
     # the Docker test and the pipeline bench
+    # rescale, not the default standardize: on the demo it converged more slowly (validation 0.93
+    # at epoch 18 against 0.99, 2026-12-04), which a 300-step run cannot afford; the Docker test
+    # trains, exports and serves the default
     "train": {
+        "pixels": "rescale",
         "epochs": 10,
         "steps_per_epoch": 30,
         "batch_size": 32,
