@@ -166,3 +166,19 @@ def test_worst_cases_are_the_most_confident_wrong_answers_at_most_two_per_condit
     assert all(c[3] == 0 and c[4] == 1 for c in cases)
     assert cases[0][5] == pytest.approx(0.95)
     assert worst_cases(scored, labels, 1)[0][1] == "blur"
+
+
+def test_the_tiny_project_scores_only_the_shifts_its_params_list():
+    """The suite's override replaces the shift list (``builds.Replace``) instead of merging into
+    it: merged, the other eight defaults came back with three severities each (28 rows, not 4)."""
+    import yaml
+
+    from tests.builds import REPO, TINY_PARAMS, Replace, merge
+
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    assert params["shift"]["shifts"] == dict(TINY_PARAMS["shift"]["shifts"])
+    assert params["shift"]["max_images"] == 400  # the rest of the section still merges
+    merged = merge({"a": {"x": 1, "y": 2}}, {"a": {"x": 3}})
+    replaced = merge({"a": {"x": 1, "y": 2}}, {"a": Replace(x=3)})
+    assert merged == {"a": {"x": 3, "y": 2}} and replaced == {"a": {"x": 3}}
+    assert type(replaced["a"]) is dict  # yaml.safe_dump cannot write a dict subclass
