@@ -168,9 +168,8 @@ def train(
         keras.mixed_precision.set_global_policy("float32")
         shutil.rmtree(cache_dir, ignore_errors=True)
     if chief and out is not None:
-        final = build_model(
-            size, len(labels), params.bn_momentum, params.pixels
-        )  # plain float32, no strategy
+        # plain float32, no strategy
+        final = build_model(size, len(labels), params.bn_momentum, params.pixels)
         final.set_weights(best)
         out.parent.mkdir(parents=True, exist_ok=True)
         final.save(out)
