@@ -132,8 +132,11 @@ def _healthz_count(url: str) -> float:
 
 
 def test_metrics_under_gunicorn_count_requests_of_every_worker(tmp_path):
-    """Two gunicorn workers, no Triton needed: /metrics sums what both counted."""
-    env = {"WEB_CONCURRENCY": "2", "API_THREADS": "2"}
+    """Two gunicorn workers, no Triton needed: /metrics sums what both counted; the samples'
+    folder the server made for itself is gone once it stops."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"WEB_CONCURRENCY": "2", "API_THREADS": "2", "TMPDIR": str(tmp)}
     server = ApiServer(f"127.0.0.1:{free_port()}", workdir=tmp_path, env=env)
     try:
         server.start(wait_ready=False)  # its readiness probe counts a /healthz or a few
@@ -142,8 +145,10 @@ def test_metrics_under_gunicorn_count_requests_of_every_worker(tmp_path):
             resp = requests.get(f"{server.url}/healthz", headers={"Connection": "close"})
             assert resp.status_code == 200
         assert _healthz_count(server.url) - before == 40
+        assert [p.name[:15] for p in tmp.iterdir()] == ["imgcls-metrics-"]
     finally:
         server.stop()
+    assert not list(tmp.glob("imgcls-metrics-*")), list(tmp.rglob("*"))
 
 
 def test_triton_control_endpoints_need_the_admin_key(model_repository, tmp_path):

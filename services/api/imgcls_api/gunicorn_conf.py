@@ -15,14 +15,24 @@ other's empty — a Triton instance idle. Keep workers × slots near the model's
 """
 
 import os
+import shutil
 import sys
 import tempfile
 
 # prometheus_client multiprocess mode: every worker writes its samples here, /metrics sums them.
-# Must be set before a worker imports prometheus_client (workers import the app after fork).
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="imgcls-metrics-"))
+# Must be set before prometheus_client is imported (it picks its value store at import).
+# A folder made here is the server's own and goes when it exits (one left per start otherwise).
+_OWN_METRICS_DIR = None
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    _OWN_METRICS_DIR = tempfile.mkdtemp(prefix="imgcls-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _OWN_METRICS_DIR
 
-from imgcls_api.settings import ServerSettings, Settings
+# Imported here, not in child_exit: that hook runs in the SIGCHLD handler, and a first import
+# there can interrupt itself when two workers exit together (a circular-import error that kept
+# the server from stopping cleanly). The folder is set above, so the import sees it.
+from prometheus_client import multiprocess  # noqa: E402
+
+from imgcls_api.settings import ServerSettings, Settings  # noqa: E402
 
 try:
     _server, _app = ServerSettings.from_env(), Settings.from_env()
@@ -48,9 +58,13 @@ wsgi_app = "imgcls_api:create_app()"
 
 def child_exit(server, worker):
     """Drop a dead worker's live gauges from the multiprocess metrics."""
-    from prometheus_client import multiprocess
-
     multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this server made (one given by the environment is kept)."""
+    if _OWN_METRICS_DIR is not None:
+        shutil.rmtree(_OWN_METRICS_DIR, ignore_errors=True)
 
 
 def when_ready(server):
