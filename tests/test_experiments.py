@@ -4,6 +4,7 @@ that ``dvc exp run`` takes, two workers on one study in a real PostgreSQL)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -50,6 +51,8 @@ SEARCH = {  # lr 10 diverges. Seed 6 draws 0.001 twice (trials 0, 1); the resume
     "steps_per_epoch": 2,
     "grid_points": 2,
     "space": {"learning_rate": {"choices": [0.001, 10.0]}},
+    "objective": "val_loss",
+    "shift_images": 24,
 }
 
 
@@ -65,17 +68,27 @@ def search_project(tiny_project, tmp_path):
 
 
 def test_search_prunes_resumes_and_its_best_params_run_in_dvc(tiny_project, tmp_path):
+    """On the shift-suite objective (the two-worker test below runs on val_loss)."""
     project = search_project(tiny_project, tmp_path)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["search"]["objective"] = "shift"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = tmp_path / "search"
     search = [sys.executable, "-m", "model_preparation.tools.search", "--out", str(out)]
     run([*search, "--trials", "2"], project)  # interrupted after two trials...
     printed = run(search, project).stdout  # ...and resumed: one more
     assert "2 trials done, 1 to go" in printed
-    trials = (out / "trials.csv").read_text().splitlines()
-    assert len(trials) == 1 + 3
-    assert sum(",PRUNED," in line for line in trials) >= 1, trials
+    with (out / "trials.csv").open() as fh:
+        trials = list(csv.DictReader(fh))
+    assert len(trials) == 3
+    assert [t["state"] for t in trials].count("PRUNED") >= 1, trials
+    for t in (t for t in trials if t["state"] == "COMPLETE"):  # the value: 1 − the suite's mean
+        assert 0 <= float(t["shift_mean"]) <= 1 and float(t["val_loss"]) > 0, t
+        assert float(t["objective"]) == pytest.approx(1 - float(t["shift_mean"]), abs=1e-6)
     report = (out / "report.md").read_text()
     assert "1 pruned" in report and "**Best: trial" in report
+    assert "Objective: the highest shift-suite mean accuracy" in report
+    assert "| trial | shift_mean | val_loss | val_accuracy | learning_rate |" in report
     best = yaml.safe_load((out / "best_params.yaml").read_text())
     assert best == {"train": {"learning_rate": 0.001}}
     assert (out / "history.png").exists()

@@ -3,6 +3,8 @@ between seeds, said in words, and the table (the commands themselves run in test
 
 from __future__ import annotations
 
+import pytest
+
 from model_preparation.tools.compare import (
     CompareParams,
     LearningRates,
@@ -40,3 +42,23 @@ def test_the_report_says_whether_a_gap_is_larger_than_the_seed_noise():
     assert "| adam (0.001) | 0.500 (0.500–0.500) | 0.945 (0.940–0.950) | 3, 3 | 10.0 |" in table(
         clear, params
     )
+
+
+def test_a_study_keeps_its_objective_and_a_resume_with_another_is_refused(tmp_path):
+    """Trial values of two objectives (a loss, an error rate) cannot be ranked together."""
+    from model_preparation.common import PipelineError, parse_settings
+    from model_preparation.tools.search import SearchParams, open_study
+
+    raw = {"sampler": "random", "pruner": "none", "trials": 2, "seed": 1, "study": "s",
+           "epochs": 1, "steps_per_epoch": 1, "grid_points": 2,
+           "space": {"learning_rate": {"choices": [0.001]}}, "objective": "shift",
+           "shift_images": 10}  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    shift = parse_settings(SearchParams, raw, "search")
+    assert open_study(shift, url).user_attrs["objective"] == "shift"
+    assert open_study(shift, url).user_attrs["objective"] == "shift"  # resumed: the same
+    loss = parse_settings(SearchParams, {**raw, "objective": "val_loss"}, "search")
+    with pytest.raises(PipelineError, match="study 's' ranks by 'shift'; name another"):
+        open_study(loss, url)
+    other = parse_settings(SearchParams, {**raw, "objective": "val_loss", "study": "t"}, "search")
+    assert open_study(other, url).user_attrs["objective"] == "val_loss"  # a new study: its own

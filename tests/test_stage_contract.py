@@ -88,6 +88,8 @@ def test_params_yaml_is_complete_for_every_stage(section):
         ("shift", {"shifts": {"jpeg": ["low"]}}, "shift.shifts.jpeg: 'low' is not a number"),
         ("shift", {"shifts": {}}, "shift.shifts: name at least one shift"),
         ("shift", {"max_images": 0}, "max_images and batch_size must be at least 1"),
+        ("search", {"objective": "accuracy"}, "search.objective 'accuracy': one of val_loss, shift"),
+        ("search", {"shift_images": 0}, "search.shift_images 0: at least 1"),
     ],
 )  # fmt: skip
 def test_typos_and_wrong_types_name_the_key(section, change, message):

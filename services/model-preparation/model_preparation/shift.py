@@ -29,6 +29,7 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -229,9 +230,15 @@ class Scored:
 
 
 def score_conditions(
-    pictures: list[Image.Image], labels: np.ndarray, sessions: dict, size: int, params: ShiftParams
+    pictures: list[Image.Image],
+    labels: np.ndarray,
+    sessions: dict,
+    size: int,
+    params: ShiftParams,
+    log: bool = True,
 ) -> list[Scored]:
-    """The clean condition, then every shift at every severity, scored by every model."""
+    """The clean condition, then every shift at every severity, scored by every model (a line
+    each when ``log``)."""
     clean = np.stack([letterbox_image(p, (size, size)) for p in pictures])
     conditions: list[tuple[str, float | None, np.ndarray]] = [("clean", None, clean)]
     for k, (name, severities) in enumerate(params.shifts.items()):
@@ -244,6 +251,8 @@ def score_conditions(
     for name, severity, images in conditions:
         probs = {m: predict(s, images, params.batch_size) for m, s in sessions.items()}
         out.append(Scored(name, severity, images, probs))
+        if not log:
+            continue
         line = " ".join(f"{m}={out[-1].accuracy(m, labels):.4f}" for m in sessions)
         print(f"shift: {name}{'' if severity is None else f' {severity:g}'} {line}", flush=True)
     return out
@@ -356,23 +365,38 @@ def contact_sheet(cases: list[tuple], names: tuple[str, ...], path: Path) -> Non
     plt.close(fig)
 
 
-def shift_suite(onnx_models: dict[str, Path], prepared: Path, params: ShiftParams) -> tuple:
-    """(report, the scored conditions, the labels) for the held-out files."""
+def shift_suite(sessions: dict, prepared: Path, params: ShiftParams, log: bool = True) -> tuple:
+    """(report, the scored conditions, the labels) for the held-out files; ``sessions``: name →
+    anything ``predict`` runs (an ONNX Runtime session, or ``KerasSession`` for a search trial)."""
     meta = Prepared.read(prepared)
     sources = sample_sources(prepared, params.max_images, params.seed)
     if not sources:
         raise PipelineError("the validation split is empty: nothing to shift")
     pictures = [load_picture(path, meta.image_size) for path, _ in sources]
     labels = np.asarray([label for _, label in sources], dtype=np.int64)
-    sessions = {name: session(path) for name, path in onnx_models.items()}
-    scored = score_conditions(pictures, labels, sessions, meta.image_size, params)
+    scored = score_conditions(pictures, labels, sessions, meta.image_size, params, log)
     return report(scored, labels, list(sessions)), scored, labels
+
+
+class KerasSession:
+    """A Keras model behind the two calls ``predict`` makes of an ONNX Runtime session, so a
+    model still in memory (a search trial's) meets the shift suite without an export."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def get_inputs(self) -> list:
+        return [SimpleNamespace(name=self.model.inputs[0].name)]
+
+    def run(self, _outputs, feed: dict) -> list[np.ndarray]:
+        (images,) = feed.values()
+        return [np.asarray(self.model(images, training=False), dtype=np.float32)]
 
 
 def main() -> None:
     params = load_settings(ShiftParams, "shift")
-    result, scored, labels = shift_suite({"fp32": ONNX_MODEL, "int8": INT8_MODEL}, PREPARED,
-                                         params)  # fmt: skip
+    models = {"fp32": session(ONNX_MODEL), "int8": session(INT8_MODEL)}
+    result, scored, labels = shift_suite(models, PREPARED, params)
     write_json(SHIFT_REPORT, result)
     write_curve(scored, labels, SHIFT_CURVE)
     plot(result, SHIFT_PLOT)

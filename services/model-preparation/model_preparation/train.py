@@ -124,10 +124,12 @@ def train(
     live_dir: Path | None = None,
     strategy: tf.distribute.Strategy | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_best: Callable[[keras.Model], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train; the chief saves the best model (float32, lowest val_loss) to ``out`` and the
     DVCLive logs to ``live_dir`` (either None: not written). ``on_epoch(epoch, logs)`` runs
-    after every epoch and may raise to stop the run (a pruned search trial does).
+    after every epoch and may raise to stop the run (a pruned search trial does);
+    ``on_best(model)`` gets that best model in memory (a search trial scores it).
 
     Returns the per-epoch history (the same on every worker)."""
     meta = Prepared.read(prepared)
@@ -167,14 +169,17 @@ def train(
     finally:
         keras.mixed_precision.set_global_policy("float32")
         shutil.rmtree(cache_dir, ignore_errors=True)
-    if chief and out is not None:
+    if chief and (out is not None or on_best is not None):
         # plain float32, no strategy
         final = build_model(size, len(labels), params.bn_momentum, params.pixels)
         final.set_weights(best)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        final.save(out)
-        record(source)
-        print(f"train: best model (lowest val_loss) saved to {out}")
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            final.save(out)
+            record(source)
+            print(f"train: best model (lowest val_loss) saved to {out}")
+        if on_best is not None:
+            on_best(final)
     return history
 
 

@@ -3,12 +3,17 @@
     python -m model_preparation.tools.search [--trials N] [--run-best] [--out reports/search]
                                              [--storage postgresql://user:pass@host/db]
 
-The space, the sampler (TPE, random, CMA-ES, grid), the pruner (median, Hyperband, none) and the
-per-trial budget are params.yaml ``search``; the other training settings are ``train``'s. Each
-trial trains in this process with the train stage's own loop and reports its validation loss
-after every epoch, so the pruner can stop it early. The study lives in SQLite
-(``artifacts/search/optuna.db``): run the command again and it resumes where it stopped (a trial
-cut off by Ctrl-C or a crash is marked failed and the rest go on).
+The space, the sampler (TPE, random, CMA-ES, grid), the pruner (median, Hyperband, none), the
+per-trial budget and the objective are params.yaml ``search``; the other training settings are
+``train``'s. Each trial trains in this process with the train stage's own loop and reports its
+validation loss after every epoch, so the pruner can stop it early. The objective is either
+that validation loss (``objective: val_loss``) or the shift-suite error (``objective: shift``):
+1 − the mean accuracy of the trial's best model over ``shift.shifts`` (the shift stage's list),
+on ``shift_images`` held-out files: the search then ranks recipes by how they hold up off the
+training distribution, not by how they fit it; each trial then records both figures. The
+study lives in SQLite (``artifacts/search/optuna.db``): run the command again and it resumes
+where it stopped (a trial cut off by Ctrl-C or a crash is marked failed and the rest go on).
+A study keeps one objective: name another ``study`` when you change it.
 
 ``--storage`` (or ``OPTUNA_STORAGE``) names a shared database instead, as Optuna documents for
 distributed optimisation: any number of processes or pods run this command on one study, each
@@ -61,6 +66,7 @@ HEARTBEAT_S = 20  # a shared study's workers beat this often; silent for GRACE_S
 GRACE_S = 60
 SAMPLERS = ("tpe", "random", "cmaes", "grid")
 PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = ("val_loss", "shift")
 
 
 @dataclass(frozen=True)
@@ -76,8 +82,15 @@ class SearchParams:
     steps_per_epoch: int
     grid_points: int  # values per numeric range for the grid sampler
     space: dict  # train key (``augment.rotation`` for nested) → {low, high[, log]} or {choices}
+    objective: str  # what a trial minimises: val_loss, or shift (1 − the shift-suite mean)
+    shift_images: int  # held-out files each trial's shift suite scores
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise PipelineError(f"search.objective {self.objective!r}: one of "
+                                f"{', '.join(OBJECTIVES)}")  # fmt: skip
+        if self.shift_images < 1:
+            raise PipelineError(f"search.shift_images {self.shift_images}: at least 1")
         if self.sampler not in SAMPLERS:
             raise PipelineError(f"search.sampler {self.sampler!r}: one of {', '.join(SAMPLERS)}")
         if self.pruner not in PRUNERS:
@@ -230,6 +243,7 @@ def open_study(params: SearchParams, storage_url: str = LOCAL_STORAGE):
         sampler=make_sampler(params, done, salt=os.getpid() if shared else 0),
         pruner=make_pruner(params),
     )
+    keep_objective(study, params.objective)
     if shared:
         optuna.storages.fail_stale_trials(study)
         return study
@@ -237,6 +251,17 @@ def open_study(params: SearchParams, storage_url: str = LOCAL_STORAGE):
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         print(f"[search] trial {trial.number} was interrupted: marked failed", flush=True)
     return study
+
+
+def keep_objective(study, objective: str) -> None:
+    """A study ranks by one objective: record it in a new study, refuse another on resume (a
+    study from before objectives were recorded ranked by val_loss)."""
+    held = study.user_attrs.get("objective") or ("val_loss" if study.trials else None)
+    if held is None:
+        study.set_user_attr("objective", objective)
+    elif held != objective:
+        raise PipelineError(f"search.objective {objective!r}: study {study.study_name!r} ranks "
+                            f"by {held!r}; name another search.study for the new objective")  # fmt: skip
 
 
 def _taken(trials: list) -> list:
@@ -257,8 +282,19 @@ def stop_at(total: int):
     return callback
 
 
-def objective_for(params: SearchParams, train_section: dict):
-    """One trial: train with the sampled values, report val_loss per epoch, prune if told."""
+def shift_error(model, shift) -> float:
+    """1 − the model's mean accuracy over the shift suite (``shift``: its ``ShiftParams``)."""
+    from ..shift import KerasSession, shift_suite
+
+    result, _, _ = shift_suite({"fp32": KerasSession(model)}, PREPARED, shift, log=False)
+    return 1.0 - result["mean"]["fp32"]
+
+
+def objective_for(params: SearchParams, train_section: dict, shift=None):
+    """One trial: train with the sampled values, report val_loss per epoch, prune if told; the
+    value is the best epoch's val_loss, or with ``shift`` (the suite's ``ShiftParams``) the shift
+    error of that epoch's model. Pruning compares val_loss either way: a trial that does not
+    learn is stopped before its suite is paid for."""
     import keras
     import optuna
 
@@ -280,12 +316,33 @@ def objective_for(params: SearchParams, train_section: dict):
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
 
-        history = train(PREPARED, settings, on_epoch=report)
+        errors: list[float] = []
+        on_best = (
+            None if shift is None else (lambda model: errors.append(shift_error(model, shift)))
+        )
+        history = train(PREPARED, settings, on_epoch=report, on_best=on_best)
         best = min(history, key=lambda h: h["val_loss"])
         trial.set_user_attr("val_accuracy", best["val_accuracy"])
-        return best["val_loss"]
+        trial.set_user_attr("val_loss", best["val_loss"])
+        if shift is None:
+            return best["val_loss"]
+        trial.set_user_attr("shift_mean", 1.0 - errors[0])
+        print(f"[search] trial {trial.number}: val_loss {best['val_loss']:.4f}, shift-suite mean "
+              f"{1.0 - errors[0]:.4f}", flush=True)  # fmt: skip
+        return errors[0]
 
     return objective
+
+
+def shift_settings(params: SearchParams):
+    """The shift stage's suite (``shift`` in params.yaml) on ``search.shift_images`` files, for the
+    ``shift`` objective; None for ``val_loss``."""
+    if params.objective != "shift":
+        return None
+    from ..shift import ShiftParams
+
+    suite = load_settings(ShiftParams, "shift")
+    return dataclasses.replace(suite, max_images=params.shift_images)
 
 
 def limit_threads(threads: int) -> None:
@@ -323,24 +380,31 @@ def write_report(study, params: SearchParams, out: Path) -> str:
     plots = write_plots(study, out)
     top = sorted(done, key=lambda t: t.value)[:5]
     keys = list(params.space)
+    figures = FIGURES[params.objective]
     lines = [
         f"# Hyperparameter search `{params.study}`",
         "",
         f"Sampler **{params.sampler}**, pruner **{params.pruner}**, budget {params.epochs} epochs "
         f"× {params.steps_per_epoch} steps per trial. Trials: {len(done)} complete, "
-        f"{len(pruned)} pruned, {len(failed)} failed. Objective: the lowest validation loss.",
+        f"{len(pruned)} pruned, {len(failed)} failed. Objective: {OBJECTIVE_TEXT[params.objective]}.",
         "",
-        f"**Best: trial {best.number}**, val_loss {best.value:.4f}, val_accuracy "
-        f"{best.user_attrs.get('val_accuracy', float('nan')):.4f}",
+        f"**Best: trial {best.number}**, "
+        + ", ".join(f"{f} {_figure(best, f):.4f}" for f in figures),
         "",
         "```bash",
         command,
         "```",
         "",
-        "| trial | val_loss | val_accuracy | " + " | ".join(keys) + " |",
-        "| ---: | ---: | ---: | " + " | ".join("---" for _ in keys) + " |",
+        "| trial | " + " | ".join(figures) + " | " + " | ".join(keys) + " |",
+        "| ---: | "
+        + " | ".join("---:" for _ in figures)
+        + " | "
+        + " | ".join("---" for _ in keys)
+        + " |",
         *(
-            f"| {t.number} | {t.value:.4f} | {t.user_attrs.get('val_accuracy', float('nan')):.4f} | "
+            f"| {t.number} | "
+            + " | ".join(f"{_figure(t, f):.4f}" for f in figures)
+            + " | "
             + " | ".join(_fmt(t.params.get(k)) for k in keys)
             + " |"
             for t in top
@@ -354,6 +418,22 @@ def write_report(study, params: SearchParams, out: Path) -> str:
     return text
 
 
+OBJECTIVE_TEXT = {
+    "val_loss": "the lowest validation loss",
+    "shift": "the highest shift-suite mean accuracy (the best epoch's model, "
+    "search.shift_images held-out files under shift.shifts)",
+}
+FIGURES = {"val_loss": ("val_loss", "val_accuracy"),
+           "shift": ("shift_mean", "val_loss", "val_accuracy")}  # fmt: skip
+
+
+def _figure(trial, name: str) -> float:
+    """A trial's figure by name (trials from before a figure was recorded: NaN)."""
+    if name == "val_loss" and "val_loss" not in trial.user_attrs and trial.value is not None:
+        return trial.value  # val_loss studies recorded it as the value only
+    return float(trial.user_attrs.get(name, float("nan")))
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -362,10 +442,14 @@ def write_trials_csv(study, params: SearchParams, path: Path) -> None:
     keys = list(params.space)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["trial", "state", "val_loss", "epochs_run", *keys])
+        writer.writerow(["trial", "state", "objective", "val_loss", "shift_mean", "epochs_run",
+                         *keys])  # fmt: skip
         for t in study.get_trials(deepcopy=False):
             value = "" if t.value is None else f"{t.value:.6f}"
-            row = [t.number, t.state.name, value, len(t.intermediate_values)]
+            figures = [_figure(t, f) if t.value is not None else math.nan
+                       for f in ("val_loss", "shift_mean")]  # fmt: skip
+            shown = ["" if math.isnan(f) else f"{f:.6f}" for f in figures]
+            row = [t.number, t.state.name, value, *shown, len(t.intermediate_values)]
             writer.writerow(row + [t.params.get(k, "") for k in keys])
 
 
@@ -436,8 +520,9 @@ def main() -> None:
     elsewhere = len(trials) - len(finished)
     print(f"[search] study {params.study!r}: {len(finished)} trials done, "
           + (f"{elsewhere} running elsewhere, " if elsewhere else "") + f"{remaining} to go")  # fmt: skip
+    shift = shift_settings(params)
     if remaining:
-        study.optimize(objective_for(params, train_section), n_trials=remaining,
+        study.optimize(objective_for(params, train_section, shift), n_trials=remaining,
                        callbacks=[stop_at(params.trials)])  # fmt: skip
     print(write_report(study, params, args.out))
     if args.run_best:
