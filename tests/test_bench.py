@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import onnx
 import pytest
+import yaml
 
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.bench]
 
 
@@ -39,6 +43,10 @@ def test_bench_quick_run_writes_table_json_and_chart(tmp_path, bench_work):
     # the served bench graph carries the drift and unknown-class outputs, as `make up`'s does;
     # the row without them prices them
     configs = bench_work / "models-32/repository"
+    # the bench graph starts as the trained one does (params.yaml train.pixels)
+    pixels = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["pixels"]
+    first = {"rescale": "/rescale", "standardize": "/standardize"}[pixels]
+    assert any(first in n.name for n in onnx.load(bench_work / "models-32/fp32.onnx").graph.node)
     assert "unknown" in (configs / "resnet50v2/config.pbtxt").read_text()
     assert "unknown" not in (configs / "resnet50v2_plain/config.pbtxt").read_text()
     assert {"outputs_cpu_share_c1", "outputs_cpu_share_c2", "capture_cpu_share_c1",
