@@ -85,6 +85,8 @@ def test_search_prunes_resumes_and_its_best_params_run_in_dvc(tiny_project, tmp_
     for t in (t for t in trials if t["state"] == "COMPLETE"):  # the value: 1 − the suite's mean
         assert 0 <= float(t["shift_mean"]) <= 1 and float(t["val_loss"]) > 0, t
         assert float(t["objective"]) == pytest.approx(1 - float(t["shift_mean"]), abs=1e-6)
+    for t in (t for t in trials if t["state"] == "PRUNED"):  # no shift figure: no objective
+        assert t["objective"] == "" and float(t["val_loss"]) > 0, t
     report = (out / "report.md").read_text()
     assert "1 pruned" in report and "**Best: trial" in report
     assert "Objective: the highest shift-suite mean accuracy" in report

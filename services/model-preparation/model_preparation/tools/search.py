@@ -445,7 +445,10 @@ def write_trials_csv(study, params: SearchParams, path: Path) -> None:
         writer.writerow(["trial", "state", "objective", "val_loss", "shift_mean", "epochs_run",
                          *keys])  # fmt: skip
         for t in study.get_trials(deepcopy=False):
-            value = "" if t.value is None else f"{t.value:.6f}"
+            # a pruned trial's value is its last val_loss (Optuna's rule): the objective only
+            # when that is what the study ranks by
+            ranked = t.state.name == "COMPLETE" or params.objective == "val_loss"
+            value = "" if t.value is None or not ranked else f"{t.value:.6f}"
             figures = [_figure(t, f) if t.value is not None else math.nan
                        for f in ("val_loss", "shift_mean")]  # fmt: skip
             shown = ["" if math.isnan(f) else f"{f:.6f}" for f in figures]
