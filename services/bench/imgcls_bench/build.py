@@ -76,6 +76,9 @@ def build_models(out: Path, size: int) -> None:
     network, and benches run from projects with other params share one folder) →
     FP32 ONNX, static QDQ INT8 ONNX; Triton models: as served (params.yaml ``publish``), with
     batching off, as one instance using every core, as two single-thread instances, and INT8."""
+    from model_preparation.common import quiet_tensorflow
+
+    quiet_tensorflow()
     import keras
 
     from imgcls.variants import BF16, FP32, INT8, VARIANTS
@@ -164,6 +167,9 @@ def shadowed(repo: Path, fp32: Path, params, reference) -> None:
 
 def keras_vs_ort(keras_path: Path, onnx_path: Path, size: int, seconds: float) -> None:
     """img/s of Keras (tf.function, inference mode) vs ONNX Runtime at batch 1 and 8."""
+    from model_preparation.common import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow as tf
 
     from model_preparation.onnx_utils import session

@@ -6,8 +6,9 @@ sample of validation images by more than ``tolerance``.
 Memory: converting in-process (``tf2onnx.convert.from_keras``) peaks far above the model's size
 at 224² (README "Performance" has the figures), almost all of it native protobuf memory held by
 tf2onnx's graph optimiser. So the conversion runs in two child processes that hold nothing else:
-Keras → SavedModel (the uint8 ``image`` serving signature), then ``python -m tf2onnx.convert``
-on that SavedModel with protobuf's pure-Python implementation, whose peak stays near the size of
+Keras → SavedModel (the uint8 ``image`` serving signature), then tf2onnx's converter (its
+``python -m tf2onnx.convert``, started through ``--tf2onnx``) on that SavedModel with protobuf's
+pure-Python implementation, whose peak stays near the size of
 TensorFlow's own graph freezing. This process imports TensorFlow only afterwards, for the parity
 check, so the stage's process tree never holds two of them at once.
 """
@@ -88,8 +89,8 @@ def convert(keras_path: Path, image_size: int, opset: int, out: Path) -> None:
         _child([sys.executable, "-m", "model_preparation.export", "--saved-model",
                 str(keras_path), str(exported), str(image_size)], "Keras → SavedModel")  # fmt: skip
         _child(
-            [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(exported),
-             "--output", str(converted), "--opset", str(opset)],
+            [sys.executable, "-m", "model_preparation.export", "--tf2onnx", "--saved-model",
+             str(exported), "--output", str(converted), "--opset", str(opset)],
             "tf2onnx",
             env={"PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION": "python", "TF_CPP_MIN_LOG_LEVEL": "3"},
         )  # fmt: skip
@@ -136,7 +137,20 @@ def export(model_path: Path, prepared: Path, out: Path, report: Path, params: Ex
     return result
 
 
+def tf2onnx_main(argv: list[str]) -> None:
+    """``python -m tf2onnx.convert`` with ``argv``, on TensorFlow imported the stages' way (the
+    second child of convert())."""
+    quiet_tensorflow()
+    from tf2onnx import convert as tf2onnx_convert
+
+    sys.argv = ["tf2onnx.convert", *argv]
+    tf2onnx_convert.main()
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--tf2onnx":
+        tf2onnx_main(sys.argv[2:])
+        return
     if len(sys.argv) > 1 and sys.argv[1] == "--saved-model":  # the first child of convert()
         parser = argparse.ArgumentParser(prog="python -m model_preparation.export --saved-model")
         parser.add_argument("--saved-model", nargs=3, metavar=("KERAS", "OUT", "SIZE"))

@@ -57,6 +57,7 @@ from ..common import (
     load_params,
     load_settings,
     parse_settings,
+    quiet_tensorflow,
     run_cli,
 )
 
@@ -295,6 +296,7 @@ def objective_for(params: SearchParams, train_section: dict, shift=None):
     value is the best epoch's val_loss, or with ``shift`` (the suite's ``ShiftParams``) the shift
     error of that epoch's model. Pruning compares val_loss either way: a trial that does not
     learn is stopped before its suite is paid for."""
+    quiet_tensorflow()
     import keras
     import optuna
 
@@ -348,6 +350,7 @@ def shift_settings(params: SearchParams):
 def limit_threads(threads: int) -> None:
     """TensorFlow's op pools at ``threads`` (before its runtime starts: before the first trial).
     Workers sharing a machine then share its cores instead of oversubscribing them."""
+    quiet_tensorflow()
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
