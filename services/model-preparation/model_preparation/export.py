@@ -9,8 +9,8 @@ tf2onnx's graph optimiser. So the conversion runs in two child processes that ho
 Keras → SavedModel (the uint8 ``image`` serving signature), then tf2onnx's converter (its
 ``python -m tf2onnx.convert``, started through ``--tf2onnx``) on that SavedModel with protobuf's
 pure-Python implementation, whose peak stays near the size of
-TensorFlow's own graph freezing. This process imports TensorFlow only afterwards, for the parity
-check, so the stage's process tree never holds two of them at once.
+TensorFlow's own graph freezing. The first child also answers the parity check's images with
+Keras, so this process never imports TensorFlow and the stage's tree never holds two of them.
 """
 
 from __future__ import annotations
@@ -52,6 +52,23 @@ class ExportParams:
     parity_samples: int
 
 
+@dataclass(frozen=True)
+class Parity:
+    """Validation images for Keras to answer in the child that already holds the model (this
+    process then needs no TensorFlow of its own): the first ``samples`` of ``prepared``'s
+    validation split, written with Keras' probabilities to ``answers`` (.npz)."""
+
+    prepared: Path
+    samples: int
+    answers: Path
+
+
+def _child(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if done.returncode != 0:
+        raise PipelineError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+
+
 def rename_output(model: onnx.ModelProto, new_name: str) -> None:
     """tf2onnx names outputs after the TF graph; the contract with Triton is ``probabilities``."""
     old = model.graph.output[0].name
@@ -63,8 +80,9 @@ def rename_output(model: onnx.ModelProto, new_name: str) -> None:
     model.graph.output[0].name = new_name
 
 
-def saved_model(keras_path: Path, out: Path, image_size: int) -> None:
-    """Keras → SavedModel with the serving signature (run in a child: ``--saved-model``)."""
+def saved_model(keras_path: Path, out: Path, image_size: int, parity: Parity | None = None) -> None:
+    """Keras → SavedModel with the serving signature (run in a child: ``--saved-model``), and
+    with ``parity`` Keras' answers to those validation images, for the check after conversion."""
     quiet_tensorflow()
     import tensorflow as tf
 
@@ -73,21 +91,25 @@ def saved_model(keras_path: Path, out: Path, image_size: int) -> None:
     model = load_model(keras_path)
     spec = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name=INPUT_NAME)
     model.export(str(out), format="tf_saved_model", input_signature=[spec], verbose=False)
+    if parity is not None:
+        from .tfdata import read_split
+
+        split = read_split(parity.prepared, "val", image_size).take(parity.samples)
+        images = np.stack([img for img, _ in split.as_numpy_iterator()])
+        np.savez(parity.answers, images=images, keras=model.predict(images, verbose=0))
 
 
-def _child(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    if done.returncode != 0:
-        raise PipelineError(f"{what} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
-
-
-def convert(keras_path: Path, image_size: int, opset: int, out: Path) -> None:
+def convert(keras_path: Path, image_size: int, opset: int, out: Path,
+            parity: Parity | None = None) -> None:  # fmt: skip
     """Keras file → ONNX file, each step in a child process (see the module's docstring)."""
+    checked = [] if parity is None else [str(parity.prepared), str(parity.samples),
+                                         str(parity.answers)]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="imgcls-export-") as tmp:
         exported = Path(tmp) / "saved_model"
         converted = Path(tmp) / "model.onnx"
         _child([sys.executable, "-m", "model_preparation.export", "--saved-model",
-                str(keras_path), str(exported), str(image_size)], "Keras → SavedModel")  # fmt: skip
+                str(keras_path), str(exported), str(image_size), *checked],
+               "Keras → SavedModel")  # fmt: skip
         _child(
             [sys.executable, "-m", "model_preparation.export", "--tf2onnx", "--saved-model",
              str(exported), "--output", str(converted), "--opset", str(opset)],
@@ -102,18 +124,11 @@ def convert(keras_path: Path, image_size: int, opset: int, out: Path) -> None:
 
 def export(model_path: Path, prepared: Path, out: Path, report: Path, params: ExportParams) -> dict:
     size = Prepared.read(prepared).image_size
-    convert(model_path, size, params.opset, out)
-
-    quiet_tensorflow()  # only now: the conversion's children are gone
-    from .pixel_layers import load_model
-    from .tfdata import read_split
-
-    keras_model = load_model(model_path)
-    n = params.parity_samples
-    images = np.stack(
-        [img for img, _ in read_split(prepared, "val", size).take(n).as_numpy_iterator()]
-    )
-    expected = keras_model.predict(images, verbose=0)
+    with tempfile.TemporaryDirectory(prefix="imgcls-parity-") as tmp:
+        parity = Parity(prepared, params.parity_samples, Path(tmp) / "keras.npz")
+        convert(model_path, size, params.opset, out, parity)
+        with np.load(parity.answers) as answers:
+            images, expected = answers["images"], answers["keras"]
     actual = predict(session(out), images)
     max_diff = float(np.max(np.abs(expected - actual)))
     tolerance = params.tolerance
@@ -153,9 +168,11 @@ def main() -> None:
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--saved-model":  # the first child of convert()
         parser = argparse.ArgumentParser(prog="python -m model_preparation.export --saved-model")
-        parser.add_argument("--saved-model", nargs=3, metavar=("KERAS", "OUT", "SIZE"))
-        keras_path, out, size = parser.parse_args().saved_model
-        saved_model(Path(keras_path), Path(out), int(size))
+        parser.add_argument("--saved-model", nargs="+",
+                            metavar="KERAS OUT SIZE [PREPARED SAMPLES ANSWERS]")  # fmt: skip
+        keras_path, out, size, *checked = parser.parse_args().saved_model
+        parity = Parity(Path(checked[0]), int(checked[1]), Path(checked[2])) if checked else None
+        saved_model(Path(keras_path), Path(out), int(size), parity)
         return
     params = load_settings(ExportParams, "export")
     result = export(KERAS_MODEL, PREPARED, ONNX_MODEL, EXPORT_REPORT, params)
