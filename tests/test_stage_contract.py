@@ -195,14 +195,14 @@ def test_dvc_repro_stops_at_the_stage_with_the_bad_key(tmp_path):
 
 @pytest.mark.slow
 def test_editing_the_tfrecord_decoder_makes_its_stages_stale(tiny_project):
-    decoder = tiny_project / "services/model-preparation/model_preparation/tfdata.py"
+    decoder = tiny_project / "services/model-preparation/model_preparation/records.py"
     original = decoder.read_text()
     try:
         assert "changed" not in run("dvc status", tiny_project).stdout
         decoder.write_text(original + "\n# an edit\n")
         status = run("dvc status --json", tiny_project).stdout
         stale = set(yaml.safe_load(status))
-        assert {"train", "export", "evaluate", "quantize"} <= stale, stale
+        assert {"train", "export", "evaluate", "quantize", "shift", "reference"} <= stale, stale
         assert "prepare" not in stale
     finally:
         decoder.write_text(original)

@@ -18,7 +18,7 @@ from .common import (
     write_json,
 )
 from .onnx_utils import predict, session
-from .tfdata import load_arrays
+from .records import load_arrays
 
 
 @dataclass(frozen=True)

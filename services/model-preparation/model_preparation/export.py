@@ -92,10 +92,9 @@ def saved_model(keras_path: Path, out: Path, image_size: int, parity: Parity | N
     spec = tf.TensorSpec((None, image_size, image_size, 3), tf.uint8, name=INPUT_NAME)
     model.export(str(out), format="tf_saved_model", input_signature=[spec], verbose=False)
     if parity is not None:
-        from .tfdata import read_split
+        from .records import load_arrays
 
-        split = read_split(parity.prepared, "val", image_size).take(parity.samples)
-        images = np.stack([img for img, _ in split.as_numpy_iterator()])
+        images, _ = load_arrays(parity.prepared, "val", image_size, limit=parity.samples)
         np.savez(parity.answers, images=images, keras=model.predict(images, verbose=0))
 
 

@@ -31,7 +31,7 @@ from .common import (
 )
 from .int8 import quantize_int8
 from .onnx_utils import OpenVinoSession, predict, session
-from .tfdata import load_arrays, read_split
+from .records import load_arrays
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,7 @@ def _gate(name: str, result: dict, params: QuantizeParams) -> None:
 def quantize(model: Path, prepared: Path, out: Path, report: Path, params: QuantizeParams) -> dict:
     size = Prepared.read(prepared).image_size
     count = params.calibration_images
-    calibration = np.stack(
-        [img for img, _ in read_split(prepared, "train", size).take(count).as_numpy_iterator()]
-    )
+    calibration, _ = load_arrays(prepared, "train", size, limit=count)
     quantize_int8(model, out, calibration)
     images, labels = load_arrays(prepared, "val", size)
     fp32 = predict(session(model), images).argmax(1)

@@ -249,7 +249,7 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 def build(model: Path, prepared: Path, out: Path, report: Path, params: ReferenceParams,
           ood_report: Path | None = None, unknown_dir: Path | None = None) -> dict:  # fmt: skip
-    from .tfdata import load_arrays  # TensorFlow: only this stage needs it, not publish
+    from .records import load_arrays
 
     meta = Prepared.read(prepared)
     train_images, train_labels = load_arrays(prepared, "train", meta.image_size)

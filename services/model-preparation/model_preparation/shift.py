@@ -207,7 +207,7 @@ def load_picture(path: Path, size: int) -> Image.Image:
 
 def sample_sources(prepared: Path, max_images: int, seed: int) -> list[tuple[Path, int]]:
     """The held-out (path, label) pairs scored: all of them, or a seeded sample in file order."""
-    from .tfdata import read_sources  # TensorFlow: only when the stage runs
+    from .records import read_sources
 
     sources = read_sources(prepared, "val")
     if len(sources) > max_images:

@@ -1,5 +1,5 @@
-"""The input pipelines over the prepared TFRecords: the streamed, augmented training batches,
-the validation batches, and the splits as arrays (export parity, evaluation, quantize)."""
+"""The input pipelines over the prepared TFRecords: the streamed, augmented training batches and
+the validation batches (a split's arrays, without TensorFlow: ``records``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .common import quiet_tensorflow
+from .records import split_files
 
 quiet_tensorflow()
 import tensorflow as tf  # noqa: E402
@@ -16,13 +17,6 @@ _FEATURES = {
     "image": tf.io.FixedLenFeature([], tf.string),
     "label": tf.io.FixedLenFeature([], tf.int64),
 }
-
-
-def split_files(prepared: Path, split: str) -> list[str]:
-    files = sorted(str(p) for p in prepared.glob(f"{split}-*.tfrecord"))
-    if not files:
-        raise FileNotFoundError(f"no {split} TFRecords in {prepared}: run the prepare stage")
-    return files
 
 
 def decode(records: tf.data.Dataset, image_size: int) -> tf.data.Dataset:
@@ -55,31 +49,6 @@ def stream_records(files: list[str], cycle_length: int = 4) -> tf.data.Dataset:
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-
-
-def load_arrays(prepared: Path, split: str, image_size: int):
-    """The whole split as numpy arrays (evaluation splits are small enough)."""
-    import numpy as np
-
-    images, labels = [], []
-    for image, label in read_split(prepared, split, image_size).as_numpy_iterator():
-        images.append(image)
-        labels.append(label)
-    if not images:
-        return np.zeros((0, image_size, image_size, 3), np.uint8), np.zeros((0,), np.int32)
-    return np.stack(images), np.asarray(labels, dtype=np.int32)
-
-
-def read_sources(prepared: Path, split: str) -> list[tuple[Path, int]]:
-    """The (source file, label) of every record of a split, in file order: the files the prepare
-    stage read (paths relative to the project, as it was given them)."""
-    features = {"path": tf.io.FixedLenFeature([], tf.string),
-                "label": tf.io.FixedLenFeature([], tf.int64)}  # fmt: skip
-    out = []
-    for record in tf.data.TFRecordDataset(split_files(prepared, split)).as_numpy_iterator():
-        ex = tf.io.parse_single_example(record, features)
-        out.append((Path(ex["path"].numpy().decode()), int(ex["label"].numpy())))
-    return out
 
 
 def cached(ds: tf.data.Dataset, mode: str, cache_dir: Path, name: str) -> tf.data.Dataset:
