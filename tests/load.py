@@ -28,6 +28,8 @@ class Load:
     Each client waits ``pause`` s between its answer and its next request (a user's think time):
     16 clients without it keep both cores busy for the whole test, starving the other pytest
     worker, while every check here needs answers at each step, not the most answers per second.
+    The default is the one at which the longest roll-out test spent least CPU without a longer
+    run (docs/testing.md has the measurements).
     """
 
     def __init__(
@@ -36,7 +38,7 @@ class Load:
         payloads: list[bytes],
         clients: int = 16,
         limit: float = 240,
-        pause: float = 0.1,
+        pause: float = 0.4,
     ):
         self.url, self.payloads, self.limit, self.pause = url, payloads, limit, pause
         self.answers: list[Answer] = []
