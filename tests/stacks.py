@@ -21,6 +21,10 @@ from local_stack.tritonserver import TritonServer
 from tests.builds import REPO, merge
 
 KEY = "lifecycle-test-admin-key"
+# Loading a stack's models (8 backend stubs with a shadow) took 8 s alone but did not finish in
+# 90 s once in CI, beside two training search workers and another stack (2026-12-04): a slow
+# start is not what these tests check, and the error says which model was still loading.
+STARTUP_S = 240.0
 
 
 @dataclass
@@ -73,7 +77,7 @@ def stack(
     api = ApiServer(triton.url, workdir=tmp_path / "api",
                     env={"MODEL_INFO_TTL_S": "1", **(api_env or {})})  # fmt: skip
     try:
-        triton.start()
+        triton.start(timeout=STARTUP_S)
         api.start()
         yield Stack(repo, triton, api, tmp_path / "params.yaml", gate_set)
     finally:

@@ -141,8 +141,37 @@ class TritonServer(ManagedProcess):
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.admin_key + "\n")
         self.spawn(self.command(), server_env(self.extra_env))
-        self.wait_for(f"http://{self.url}/v2/health/ready", timeout)
+        try:
+            self.wait_for(f"http://{self.url}/v2/health/ready", timeout)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.loading_state()}") from None
         return self
+
+    def loading_state(self) -> str:
+        """What a start that is not ready yet is waiting for: each backend stub process (state,
+        CPU seconds so far, its model), and each model version's state once Triton's HTTP
+        endpoint answers (it opens after the models given at start are loaded)."""
+        import json
+        import urllib.request
+
+        import psutil
+
+        lines = []
+        try:
+            request = urllib.request.Request(f"http://{self.url}/v2/repository/index", b"{}",
+                                             {"admin-key": self.admin_key}, method="POST")  # fmt: skip
+            with urllib.request.urlopen(request, timeout=5) as resp:
+                lines += [json.dumps(entry) for entry in json.loads(resp.read())]
+        except (OSError, ValueError) as exc:
+            lines.append(f"repository index: {exc}")
+        try:
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                times = child.cpu_times()
+                lines.append(f"pid {child.pid} {child.status()} "
+                             f"{times.user + times.system:.1f} s CPU: {' '.join(child.cmdline())[:160]}")  # fmt: skip
+        except psutil.Error as exc:
+            lines.append(f"stubs: {exc}")
+        return "models and stubs:\n" + "\n".join(lines)
 
     def stop(self, grace: float = 15.0) -> None:
         super().stop(grace)
