@@ -37,6 +37,8 @@ def test_optimizer_comparison_is_one_experiment_per_optimizer(tiny_project, tmp_
     assert (out / "curves.png").stat().st_size > 10_000
     shown = json.dumps(json.loads(run("dvc exp show --json", tiny_project).stdout))
     assert all(f"opt-{o}-s{params['seeds'][0]}" in shown for o in params["optimizers"])
+    # each experiment is a run of the pipeline with its own params: the table shows them
+    assert all(f'"optimizer": "{o}"' in shown for o in params["optimizers"])
     assert run("git status --porcelain", tiny_project).stdout == before  # workspace untouched
 
 

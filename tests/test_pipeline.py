@@ -203,19 +203,6 @@ def test_adding_a_class_folder_extends_model_labels_config_and_evaluation(tiny_p
     assert "star" in after.classes and set(before.digests) <= set(after.digests)
 
 
-def test_experiment_with_a_changed_parameter(tiny_project):
-    # Up to the stage the parameter changes (the whole pipeline runs in the tests above and in
-    # the shared builds): an experiment is a run of the pipeline with its own params.
-    run(
-        "dvc exp run -q --temp -n sgd-test -S train.optimizer=sgd -S train.epochs=1 "
-        "-S train.steps_per_epoch=2 train",
-        tiny_project,
-    )
-    table = json.loads(run("dvc exp show --json", tiny_project).stdout)
-    flat = json.dumps(table)
-    assert "sgd-test" in flat and '"sgd"' in flat
-
-
 @pytest.mark.parametrize(
     ("layout", "message"),
     [
