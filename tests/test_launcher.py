@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from local_stack.api import ApiServer
-from local_stack.procs import free_port, http_status
+from local_stack.procs import free_port, free_ports, http_status
 from local_stack.tritonserver import TritonServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -67,7 +67,7 @@ def _port_free(port: int) -> bool:
 @pytest.fixture()
 def make_up(model_repository, tmp_path):
     """`make up` in its own process group; yields (process, ports) once the API is ready."""
-    ports = [free_port() for _ in range(4)]
+    ports = free_ports(4)
     up_args = (
         f"--http-port {ports[0]} --grpc-port {ports[1]} --metrics-port {ports[2]} "
         f"--api-port {ports[3]} --logs {tmp_path / 'logs'} --admin-key-file {tmp_path / 'key'}"

@@ -12,14 +12,28 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
 def free_port() -> int:
     """A TCP port that was free a moment ago (good enough for tests on loopback)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, taken: Sequence[int] = ()) -> list[int]:
+    """``count`` different TCP ports that were free a moment ago, none of ``taken``: held open
+    together while chosen, since one port after another may be the same port twice (it was:
+    Triton given one port for gRPC and metrics, 2026-12-04)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in taken:
+                ports.append(port)
+        return ports
 
 
 def client_address(bind: str, port: int) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 from imgcls.contract import RESTRICTED_APIS
 from imgcls.variants import VARIANTS
 
-from .procs import ManagedProcess, client_address, free_port
+from .procs import ManagedProcess, client_address, free_ports
 
 SHARED_LOOP = "batched.py"  # the stand-ins' execute loop, installed beside each model.py
 
@@ -94,9 +94,11 @@ class TritonServer(ManagedProcess):
         self.admin_key = admin_key or os.environ.get("TRITON_ADMIN_KEY") or secrets.token_hex(24)
         self.admin_key_file = admin_key_file
         self.model_repository = Path(model_repository).resolve()
-        self.http_port = http_port or free_port()
-        self.grpc_port = grpc_port or free_port()
-        self.metrics_port = metrics_port or free_port()
+        given = [p for p in (http_port, grpc_port, metrics_port) if p]
+        spare = iter(free_ports(3 - len(given), taken=given))
+        self.http_port = http_port or next(spare)
+        self.grpc_port = grpc_port or next(spare)
+        self.metrics_port = metrics_port or next(spare)
         self.host = host
         self.exit_timeout = exit_timeout
 
