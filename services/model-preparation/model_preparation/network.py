@@ -45,8 +45,19 @@ def build_model(
     return keras.Model(inputs, outputs, name="resnet50v2_classifier")
 
 
-def make_optimizer(params: TrainParams, policy: str) -> keras.optimizers.Optimizer:
-    """The optimizer ``train.optimizer`` names; float16 compute (``policy``) gets loss scaling."""
+def make_optimizer(params: TrainParams, policy: str, variables: list) -> keras.optimizers.Optimizer:
+    """The optimizer ``train.optimizer`` names, its slots built for ``variables`` (call it in the
+    strategy's scope); float16 compute (``policy``) gets loss scaling.
+
+    Built here, not by the first ``apply_gradients``: a variable created inside the first traced
+    step makes ``tf.function`` trace the whole step twice, and tracing ResNet50V2's step is most of
+    a short training's cost (docs/testing.md)."""
+    optimizer = _optimizer(params, policy)
+    optimizer.build(variables)
+    return optimizer
+
+
+def _optimizer(params: TrainParams, policy: str) -> keras.optimizers.Optimizer:
     lr = params.learning_rate
     if params.optimizer == "adam":
         optimizer = keras.optimizers.Adam(lr)

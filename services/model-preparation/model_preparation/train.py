@@ -164,7 +164,7 @@ def train(
             model = build_model(size, len(labels), params.bn_momentum, params.pixels)
             if source is not None:
                 print(f"train: starting from {warm_start(model, source, labels)}", flush=True)
-            optimizer = make_optimizer(params, policy)
+            optimizer = make_optimizer(params, policy, model.trainable_variables)
         history, best = fit(model, optimizer, run)
     finally:
         keras.mixed_precision.set_global_policy("float32")
