@@ -62,3 +62,27 @@ def test_an_optimizer_left_to_build_itself_traces_the_step_twice():
     model = _model()
     params = SimpleNamespace(optimizer="adam", learning_rate=0.01, momentum=0.9)
     assert _traces(model, _optimizer(params, "float32")) == 2
+
+
+def test_a_warm_start_frees_the_model_it_read():
+    """The serving version's network, read to copy its weights, is gone when ``warm_start``
+    returns: left to the collector, it was found after training and freeing it then took 28 s of a
+    120-step fine-tune (the grown project's, 2026-12-04)."""
+    import gc
+    import tempfile
+    from pathlib import Path
+
+    from model_preparation.network import build_model
+    from model_preparation.warmstart import warm_start
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.keras"
+        build_model(32, 2).save(path)
+        gc.collect()
+        model = build_model(32, 3)
+        source = {"model": "resnet50v2", "version": 1, "path": str(path), "labels": ["a", "b"]}
+        said = warm_start(model, source, ["a", "b", "c"])
+    assert said.endswith("the head of 2 classes (new, from random: c)"), said
+    ours = {id(model), *(id(layer) for layer in model.layers)}
+    left = [o for o in gc.get_objects() if isinstance(o, keras.Model) and id(o) not in ours]
+    assert not left, left
