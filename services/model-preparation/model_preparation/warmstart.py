@@ -84,8 +84,8 @@ def warm_start(model, source: dict, labels: list[str]) -> str:
     model.get_layer(OUTPUT_NAME).set_weights([np.asarray(kernel), np.asarray(bias)])
     new = [name for name in labels if name not in old_index]
     # The old network is freed here, not whenever the collector finds it (a cycle of Keras
-    # objects): found after training, it took 28 s of a 120-step fine-tune's process here, and
-    # 0.14 s now (docs/testing.md).
+    # objects): found only after training, freeing it cost a fine-tune's process more the longer
+    # it had trained (measured in docs/testing.md).
     del old, old_backbone
     gc.collect()
     return (
