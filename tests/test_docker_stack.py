@@ -172,35 +172,6 @@ def test_a_real_photo_and_bad_input(stack):
     assert status == 400 and body["error"]["code"] == "not_an_image"
 
 
-def test_a_correction_reaches_data_raw_through_the_capture_volume(stack):
-    """The API (uid 10001) stores the correction in the capture volume; `harvest` (the
-    checkout's owner, in the API's group) files it and adds the image to data/raw."""
-    base = f"http://127.0.0.1:{stack['port']}"
-    photo = images.photo_like_jpeg(seed=3)
-    status, answer = _post(f"{base}/predict", photo)
-    assert status == 200 and isinstance(answer["familiar"], bool)
-    # CAPTURE_RATE 0.1: the image was likely not kept, so it is sent again (checked identical)
-    body = json.dumps({"request_id": answer["request_id"], "label": "square",
-                       "image": base64.b64encode(photo).decode()}).encode()  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:  # the record is written in the background, just after the answer
-        req = urllib.request.Request(f"{base}/feedback", data=body,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                assert resp.status == 201
-                break
-        except urllib.error.HTTPError as exc:
-            assert exc.code == 404 and time.monotonic() < deadline, exc.read()
-            time.sleep(0.2)
-    listed = _compose(stack, "run", "--rm", "harvest").stdout
-    assert f"{answer['label']} → square" in listed
-    _compose(stack, "run", "--rm", "harvest", "import", "--all")
-    added = list((stack["checkout"] / "data/raw/square").glob("fb-*.png"))
-    assert len(added) == 1 and added[0].stat().st_uid == OWNER
-    assert "no pending feedback" in _compose(stack, "run", "--rm", "harvest").stdout
-
-
 def _post(url: str, data: bytes) -> tuple[int, dict]:
     boundary = "imgclsboundary"
     payload = (
@@ -301,7 +272,9 @@ def test_the_train_profile_publishes_a_candidate_promoted_and_rolled_back_live(s
     """The train profile (`dvc repro` in the training image, as model-init ran it with the
     training) publishes version 2 as a candidate, shadowed on live traffic; modelctl promotes it
     (every answer then comes from version 2) and rolls it back, Triton untouched. What changes is
-    the drift reference's quantile; publish makes a new version of every variant."""
+    the drift reference's quantile: DVC reruns that stage and publish, not the training (the
+    correction test, which changes data/raw, comes after), and publish makes a new version of
+    every variant."""
     before = _answer(_predict_readme_image(stack))
     assert before["model"]["version"] == "1"
     started = _inspect(stack, "triton")["State"]["StartedAt"]
@@ -309,6 +282,8 @@ def test_the_train_profile_publishes_a_candidate_promoted_and_rolled_back_live(s
     retrain = _compose(stack, "--profile", "train", "run", "--rm", "model-preparation", timeout=900)
     assert "resnet50v2 version 2 (new): candidate" in retrain.stdout, retrain.stdout[-3000:]
     assert "version 2 is the shadow candidate" in retrain.stdout
+    ran = re.findall(r"^Running stage '(\w+)'", retrain.stdout, re.M)
+    assert ran == ["reference", "publish"], retrain.stdout[-3000:]
     assert _predict_readme_image(stack)["model"]["version"] == "1"  # users: still version 1
 
     status = _compose(stack, "--profile", "ops", "run", "--rm", "modelctl", "status").stdout
@@ -323,3 +298,33 @@ def test_the_train_profile_publishes_a_candidate_promoted_and_rolled_back_live(s
     assert _answer(_predict_readme_image(stack)) == before  # the same model, the same answer
     assert _inspect(stack, "triton")["State"]["StartedAt"] == started
     assert (stack["checkout"] / "model_repository/resnet50v2/2/model.onnx").stat().st_uid == OWNER
+
+
+def test_a_correction_reaches_data_raw_through_the_capture_volume(stack):
+    """The API (uid 10001) stores the correction in the capture volume; `harvest` (the
+    checkout's owner, in the API's group) files it and adds the image to data/raw. Last in the
+    module: with data/raw changed, a `--profile train` run after it retrains from the start."""
+    base = f"http://127.0.0.1:{stack['port']}"
+    photo = images.photo_like_jpeg(seed=3)
+    status, answer = _post(f"{base}/predict", photo)
+    assert status == 200 and isinstance(answer["familiar"], bool)
+    # CAPTURE_RATE 0.1: the image was likely not kept, so it is sent again (checked identical)
+    body = json.dumps({"request_id": answer["request_id"], "label": "square",
+                       "image": base64.b64encode(photo).decode()}).encode()  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:  # the record is written in the background, just after the answer
+        req = urllib.request.Request(f"{base}/feedback", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 201
+                break
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404 and time.monotonic() < deadline, exc.read()
+            time.sleep(0.2)
+    listed = _compose(stack, "run", "--rm", "harvest").stdout
+    assert f"{answer['label']} → square" in listed
+    _compose(stack, "run", "--rm", "harvest", "import", "--all")
+    added = list((stack["checkout"] / "data/raw/square").glob("fb-*.png"))
+    assert len(added) == 1 and added[0].stat().st_uid == OWNER
+    assert "no pending feedback" in _compose(stack, "run", "--rm", "harvest").stdout
