@@ -3,9 +3,12 @@
 No image registry is reachable on the machines this project is tested on, so the tests build
 what the compose file's ``PYTHON_IMAGE`` / ``TRITON_IMAGE`` arguments point at:
 
-- a ``python:3.11-slim-bookworm`` equivalent: a Debian bookworm rootfs from ``debootstrap``
-  (cached as a tarball under ``.cache/docker-standins/``), with this host's CA bundle so that pip
-  reaches the package index from inside ``docker build`` (test-only; never in the Dockerfiles);
+- a ``python:3.11-slim-bookworm`` equivalent: a Debian bookworm rootfs from ``debootstrap``, with
+  this host's CA bundle so that pip reaches the package index from inside ``docker build``
+  (test-only; never in the Dockerfiles). It stands for a registry pull, so it is kept where a
+  pulled image would be, on the machine and not in the clone: a tarball under
+  ``~/.cache/imgcls/docker-standins/`` (``XDG_CACHE_HOME``), named after what it is made of; a
+  machine's first run builds it (about a minute, docs/testing.md);
 - a Triton 2.51.0 image: ``tests/docker/tritonserver.Dockerfile``.
 
 If no engine answers, one is started (``dockerd`` with its own data-root, exec-root and socket in
@@ -15,6 +18,7 @@ a temporary folder) and stopped, with everything it stored, when the session end
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,11 +32,12 @@ from local_stack.procs import ManagedProcess
 from local_stack.tritonserver import SHARED_LOOP
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = REPO / ".cache" / "docker-standins"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgcls/docker-standins"
 PYTHON_STANDIN = "imgcls-standin/python:3.11-slim-bookworm"
 TRITON_STANDIN = "imgcls-standin/tritonserver:24.10-py3"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 _BASE_PACKAGES = "python3,python3-venv,python3-pip,ca-certificates,curl"
+_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 
 def docker(env: dict[str, str], *args: str, timeout: float = 600, check: bool = True, **kw):
@@ -101,8 +106,12 @@ def compose_config_dir(dest: Path) -> Path:
 
 
 def _rootfs_tarball() -> Path:
-    """The debootstrapped base as a tarball; built once, then reused from the cache."""
-    tarball = CACHE / "python-3.11-bookworm.tar"
+    """The debootstrapped base as a tarball; built once per machine, then reused from the cache
+    (a change of mirror, packages or CA bundle names another one)."""
+    made_of = hashlib.sha256(
+        f"{DEBIAN_MIRROR} {_BASE_PACKAGES} ".encode() + Path(_CA_BUNDLE).read_bytes()
+    ).hexdigest()[:12]
+    tarball = CACHE / f"python-3.11-bookworm-{made_of}.tar"
     if tarball.exists():
         return tarball
     if shutil.which("debootstrap") is None:
@@ -118,11 +127,9 @@ def _rootfs_tarball() -> Path:
         (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
         for name, target in (("python", "/usr/bin/python3"), ("pip", "/usr/bin/pip3")):
             (root / "usr/local/bin" / name).symlink_to(target)
-        shutil.copyfile(
-            "/etc/ssl/certs/ca-certificates.crt", root / "etc/ssl/certs/ca-certificates.crt"
-        )
+        shutil.copyfile(_CA_BUNDLE, root / "etc/ssl/certs/ca-certificates.crt")
         shutil.rmtree(root / "var/cache/apt/archives", ignore_errors=True)
-        partial = tarball.with_suffix(".partial")
+        partial = tarball.with_name(f"{tarball.name}.{os.getpid()}.partial")
         subprocess.run(["tar", "-C", str(root), "-cf", str(partial), "."], check=True)
         partial.rename(tarball)
     return tarball
