@@ -10,6 +10,7 @@ once, on one worker.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,30 @@ def rank(item: pytest.Item) -> tuple[int, int]:
         return (3, 0)  # the fast tier: fills the gaps
     order = LONG_FIRST.index(module) if module in LONG_FIRST else len(LONG_FIRST)
     return (4, order)
+
+
+TF_THREADS = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+PRESET: set[str] = set()  # of TF_THREADS, those set before pytest started (left as they were)
+
+
+def thread_share(workers: int, cpus: int) -> int | None:
+    """TensorFlow's op pools in each of ``workers`` workers on ``cpus`` cores: an equal share,
+    at least one; None (TensorFlow's own choice, every core) for a single process."""
+    return max(1, cpus // workers) if workers > 1 else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In each of several workers, TensorFlow (in the worker and in every process it starts:
+    stages, shared builds, searches) takes its share of the cores instead of all of them: two
+    trainings at once, each on both cores, took 18 % longer than each on one (docs/testing.md).
+    A variable already set wins."""
+    workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
+    share = thread_share(workers, os.cpu_count() or 1)
+    if share is not None:
+        for name in TF_THREADS:
+            if name in os.environ:
+                PRESET.add(name)
+            os.environ.setdefault(name, str(share))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
