@@ -182,7 +182,8 @@ def digest(names: list[str], extra: object = None) -> str:
 def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
     """``.cache/<name>/<key>/project``, built by ``build(dest)`` unless a complete one is there.
     One builder at a time, across processes; the others wait and reuse what it built."""
-    from tests.phases import record_build  # (imported here: pytest loads the plugin itself)
+    from tests.phases import record_build  # (imported here: pytest loads the plugins itself)
+    from tests.scheduling import tensorflows_own_threads
 
     home = CACHE / name
     entry = home / key
@@ -194,7 +195,8 @@ def cached(name: str, key: str, build: Callable[[Path], None]) -> Path:
         if not (entry / "complete").is_file():
             shutil.rmtree(home, ignore_errors=True)  # one entry: older ones are stale
             started = time.monotonic()
-            build(entry / "project")
+            with tensorflows_own_threads():
+                build(entry / "project")
             (entry / "complete").write_text("built by tests/builds.py\n")
             record_build(f"shared build: {name}", time.monotonic() - started)
     return entry / "project"

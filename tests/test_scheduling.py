@@ -22,3 +22,15 @@ def test_what_a_worker_starts_inherits_its_share(request):
     share = thread_share(workers, os.cpu_count() or 1)
     for name in set(TF_THREADS) - PRESET:
         assert os.environ.get(name) == (None if share is None else str(share)), name
+
+
+def test_the_shared_builds_train_with_tensorflows_own_threads(monkeypatch):
+    from tests.scheduling import tensorflows_own_threads
+
+    for name in TF_THREADS:
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr("tests.scheduling.PRESET", {"TF_NUM_INTEROP_THREADS"})
+    with tensorflows_own_threads():
+        assert "TF_NUM_INTRAOP_THREADS" not in os.environ  # the share the worker set: gone
+        assert os.environ["TF_NUM_INTEROP_THREADS"] == "1"  # a user's own setting: kept
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "1"  # and back after the build
