@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -24,16 +25,41 @@ def free_port() -> int:
 def free_ports(count: int, taken: Sequence[int] = ()) -> list[int]:
     """``count`` different TCP ports that were free a moment ago, none of ``taken``: held open
     together while chosen, since one port after another may be the same port twice (it was:
-    Triton given one port for gRPC and metrics, 2026-12-04)."""
+    Triton given one port for gRPC and metrics, 2026-12-04).
+
+    Drawn below the kernel's ephemeral range, never from it: a port the kernel handed out could
+    be handed out again, to any outgoing connection, before the server binds it (Triton binds its
+    metrics port after loading its models; one was taken by another test's client connection
+    meanwhile, and Triton exited, 2026-12-04)."""
+    low, _ = ephemeral_range()
+    below = low if low > FIRST_PORT + 1000 else 65536  # a range that leaves no room: any port
+    draw = random.SystemRandom()
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
         while len(ports) < count:
+            port = draw.randrange(FIRST_PORT, below)
+            if port in taken or port in ports:
+                continue
             sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            if port not in taken:
-                ports.append(port)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:  # in use: draw again
+                continue
+            ports.append(port)
         return ports
+
+
+FIRST_PORT = 10000  # above the well-known and most registered services' ports
+
+
+def ephemeral_range(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections and ``bind(0)`` (Linux's
+    default where the file is missing)."""
+    try:
+        low, high = (int(v) for v in path.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 def client_address(bind: str, port: int) -> str:
