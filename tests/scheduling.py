@@ -71,10 +71,9 @@ def pytest_configure(config: pytest.Config) -> None:
     wins."""
     workers = int(getattr(config, "workerinput", {}).get("workercount", 1))
     share = thread_share(workers, os.cpu_count() or 1)
+    PRESET.update(name for name in TF_THREADS if name in os.environ)
     if share is not None:
         for name in TF_THREADS:
-            if name in os.environ:
-                PRESET.add(name)
             os.environ.setdefault(name, str(share))
 
 
