@@ -39,6 +39,7 @@ RAW_DATA = Path("data/raw")
 #: images of classes the model must not know (``data/unknown/<class>/*``): the reference
 #: stage's near set for real data (``tools/digits.py`` writes one)
 UNKNOWN_DATA = Path("data/unknown")
+OUTLIER_DATA = Path("data/outliers")  # images of no class: outlier exposure in training
 ARTIFACTS = Path("artifacts")
 PREPARED = ARTIFACTS / "prepared"
 LABELS_FILE = PREPARED / "labels.txt"

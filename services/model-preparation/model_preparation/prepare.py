@@ -1,5 +1,6 @@
 """Stage ``prepare``: data/raw/<class>/* → validated, letterboxed PNGs in sharded TFRecords, and
-the gate set.
+the gate set; data/outliers/* (images of no class, if any) → ``outliers-*`` TFRecords (label −1)
+that training shows the model as answers it must not give (``train.outliers``).
 
 Every file goes through :func:`imgcls.preprocessing.load_image`, the same function the API uses.
 Unreadable files are skipped and counted in the data report; data that cannot train a classifier
@@ -34,6 +35,7 @@ from imgcls.preprocessing import ImageError, load_image
 from .common import (
     DATA_REPORT,
     GATE_SET,
+    OUTLIER_DATA,
     PREPARED,
     RAW_DATA,
     PipelineError,
@@ -94,6 +96,18 @@ def discover(raw_dir: Path) -> tuple[list[str], dict[str, list[Path]]]:
     if empty:
         raise PipelineError(f"class folder(s) with no files: {', '.join(empty)}")
     return classes, files
+
+
+OUTLIER_LABEL = -1  # an outlier record's label: no class
+
+
+def discover_outliers(folder: Path | None) -> list[Path]:
+    """Every file under ``folder`` (none when it is absent); hidden ones ignored."""
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in
+                                             p.relative_to(folder).parts))  # fmt: skip
 
 
 def split(samples: list[Sample], params: PrepareParams) -> dict[str, list[Sample]]:
@@ -183,19 +197,24 @@ def prepare(
     params: PrepareParams,
     workers: int | None = None,
     gate_path: Path | None = None,
+    outlier_dir: Path | None = None,
 ) -> dict:
     """``workers`` processes decode and encode (default: every core this process may use)."""
     classes, files = discover(raw_dir)
     jobs = [(path, label) for label, name in enumerate(classes) for path in files[name]]
+    jobs += [(path, OUTLIER_LABEL) for path in discover_outliers(outlier_dir)]
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".prepare-spool-") as spool:
         samples, failed = encode_all(
             jobs, params.image_size, Path(spool), workers or len(os.sched_getaffinity(0))
         )
         skipped = [
-            {"path": str(s.path), "class": classes[s.label], "reason": code, "detail": detail}
+            {"path": str(s.path), "class": _name(classes, s.label), "reason": code,
+             "detail": detail}
             for s, code, detail in failed
-        ]
+        ]  # fmt: skip
+        outliers = [s for s in samples if s.label == OUTLIER_LABEL]
+        samples = [s for s in samples if s.label != OUTLIER_LABEL]
         valid = Counter(classes[s.label] for s in samples)
         unusable = [c for c in classes if valid[c] == 0]
         if unusable:
@@ -209,8 +228,9 @@ def prepare(
                                 "on (the split goes by content): add images")  # fmt: skip
         for old in out_dir.glob("*.tfrecord"):
             old.unlink()
-        for name, part in (("train", train), ("val", val)):
-            write_shards(name, part, out_dir, params.shard_size)
+        for name, part in (("train", train), ("val", val), ("outliers", outliers)):
+            if part:
+                write_shards(name, part, out_dir, params.shard_size)
         if gate_path is not None:
             gate_set(parts["gate"], classes, raw_dir, params.image_size).save(gate_path)
     (out_dir / "labels.txt").write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")
@@ -223,6 +243,7 @@ def prepare(
         "num_train": len(train),
         "num_val": len(val),
         "num_gate": len(parts["gate"]),
+        "num_outliers": len(outliers),
         "split": "content-hash",
         "num_skipped": len(skipped),
         "per_class": counts,
@@ -232,13 +253,18 @@ def prepare(
     return report
 
 
+def _name(classes: list[str], label: int) -> str:
+    return classes[label] if label != OUTLIER_LABEL else "(outlier)"
+
+
 def main() -> None:
     params = load_settings(PrepareParams, "prepare")
-    report = prepare(RAW_DATA, PREPARED, DATA_REPORT, params, gate_path=GATE_SET)
+    report = prepare(RAW_DATA, PREPARED, DATA_REPORT, params, gate_path=GATE_SET,
+                     outlier_dir=OUTLIER_DATA)  # fmt: skip
     print(
         f"prepare: {report['num_classes']} classes, {report['num_train']} train / "
-        f"{report['num_val']} val / {report['num_gate']} gate images, {report['num_skipped']} "
-        f"skipped (see {DATA_REPORT})"
+        f"{report['num_val']} val / {report['num_gate']} gate images, "
+        f"{report['num_outliers']} outliers, {report['num_skipped']} skipped (see {DATA_REPORT})"
     )
     for item in report["skipped"]:
         print(f"  skipped {item['path']}: {item['reason']}")
