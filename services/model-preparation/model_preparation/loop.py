@@ -22,19 +22,28 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from .network import augmenter  # noqa: E402
-from .tfdata import training_data, validation_data  # noqa: E402
+from .tfdata import outlier_files, training_data, validation_data  # noqa: E402
 
 if TYPE_CHECKING:
     from .train_params import TrainParams
 
 
+def outlier_loss(probs):
+    """Per image: the cross-entropy of the answer to the uniform one (outlier exposure),
+    −mean_k log p_k; its least, log K, is reached by a flat answer."""
+    return -tf.reduce_mean(tf.math.log(tf.clip_by_value(probs, 1e-7, 1.0)), axis=-1)
+
+
 class Steps:
     """One distributed training step and one evaluation step, each returning the sums
-    (loss, correct, images) over every replica, so an epoch's means are exact."""
+    (loss, correct, images) over every replica's images of the classes, so an epoch's means are
+    exact. With an ``outlier_weight`` (``train.outliers``), a label of −1 marks an outlier: it adds
+    ``outlier_weight`` × ``outlier_loss`` to the loss trained on, and nothing to the sums."""
 
-    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, global_batch: int):
+    def __init__(self, model, optimizer, strategy: tf.distribute.Strategy, global_batch: int,
+                 outlier_weight: float | None = None):  # fmt: skip
         self.model, self.optimizer, self.strategy = model, optimizer, strategy
-        self.global_batch = global_batch
+        self.global_batch, self.outlier_weight = global_batch, outlier_weight
 
     @staticmethod
     def _sums(labels, probs):
@@ -44,10 +53,19 @@ class Steps:
         sums = tf.stack([tf.reduce_sum(per_image), tf.reduce_sum(tf.cast(hits, tf.float32)), count])
         return per_image, sums
 
+    def _objective(self, labels, probs):
+        """(per-image loss to train on, sums of the images of the classes)."""
+        if self.outlier_weight is None:  # no outliers: the plain loss
+            return self._sums(labels, probs)
+        known = labels >= 0
+        per_image, sums = self._sums(tf.boolean_mask(labels, known), tf.boolean_mask(probs, known))
+        extra = self.outlier_weight * outlier_loss(tf.boolean_mask(probs, ~known))
+        return tf.concat([per_image, extra], 0), sums
+
     def _train_replica(self, images, labels):
         with tf.GradientTape() as tape:
             probs = tf.cast(self.model(images, training=True), tf.float32)
-            per_image, sums = self._sums(labels, probs)
+            per_image, sums = self._objective(labels, probs)
             loss = tf.nn.compute_average_loss(per_image, global_batch_size=self.global_batch)
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, self.model.trainable_variables)
@@ -124,19 +142,33 @@ class Run:
 
 
 def fit(model: keras.Model, optimizer, run: Run) -> tuple[list[dict[str, float]], list]:
-    """The epoch loop: per-epoch history, and the weights of the lowest val_loss."""
+    """The epoch loop: per-epoch history, and the weights of the lowest val_loss.
+
+    With outliers (``train.outliers``), the first ``from_epoch`` epochs train on the classes
+    alone, as without them (a network from scratch learns the classes far more slowly with
+    outliers from the first step: docs/monitoring.md has the measurement); then each batch mixes
+    them in, and the checkpoint is the lowest val_loss of those exposed epochs. Early stopping
+    before them only brings them forward."""
     from dvclive import Live
 
     params, strategy = run.params, run.strategy
     augment = augmenter(params.augment, params.seed)
-    train_it = iter(
-        strategy.distribute_datasets_from_function(
+    outliers = params.outliers.per_batch(params.batch_size) if outlier_files(run.prepared) else 0
+    exposed_from = min(params.outliers.from_epoch, params.epochs - 1) if outliers else None
+    if outliers:
+        print(f"train: from epoch {exposed_from + 1}, {outliers} of each {params.batch_size} "
+              f"images are outliers (weight {params.outliers.weight:g})", flush=True)  # fmt: skip
+
+    def batches(mixed_in: int):
+        return iter(strategy.distribute_datasets_from_function(
             lambda ctx: training_data(
                 run.prepared, run.image_size, batch_size=params.batch_size, seed=params.seed,
-                cache=params.cache, cache_dir=run.cache_dir, augment=augment, context=ctx,
+                cache=params.cache, cache_dir=run.cache_dir, augment=augment,
+                outliers=mixed_in, context=ctx,
             )
-        )
-    )  # fmt: skip
+        ))  # fmt: skip
+
+    train_it = batches(0 if exposed_from else outliers)
     val_it = iter(
         strategy.experimental_distribute_dataset(
             validation_data(run.prepared, run.image_size, batch_size=params.batch_size,
@@ -144,13 +176,19 @@ def fit(model: keras.Model, optimizer, run: Run) -> tuple[list[dict[str, float]]
         )
     )  # fmt: skip
     val_steps = max(1, -(-run.num_val // params.batch_size))
-    steps = Steps(model, optimizer, strategy, params.batch_size)
+    weight = params.outliers.weight if outliers else None
+    steps = Steps(model, optimizer, strategy, params.batch_size, weight)
     stopper, history, started = EarlyStopping(params.patience), [], time.monotonic()
     live = None
     if run.live_dir is not None:
         live = Live(str(run.live_dir), dvcyaml=None, save_dvc_exp=False, report=None)
     try:
         for epoch in range(params.epochs):
+            if exposed_from and epoch >= exposed_from:
+                # created only now: the augmentation's seeded stream stays the plain run's before
+                train_it, exposed_from = batches(outliers), None
+                stopper = EarlyStopping(params.patience)
+                print(f"train: outliers join the batches from epoch {epoch + 1}", flush=True)
             t0 = time.monotonic()
             loss, acc = run_epoch(steps.train, train_it, params.steps_per_epoch)
             rate = params.steps_per_epoch * params.batch_size / (time.monotonic() - t0)
@@ -163,7 +201,9 @@ def fit(model: keras.Model, optimizer, run: Run) -> tuple[list[dict[str, float]]
             if run.on_epoch is not None:
                 run.on_epoch(epoch, logs)
             if stopper.update(val_loss, model):
-                break
+                if not exposed_from:
+                    break
+                exposed_from = epoch + 1  # the plain epochs stopped improving: expose now
     finally:
         if live is not None:
             live.end()

@@ -59,6 +59,23 @@ def cached(ds: tf.data.Dataset, mode: str, cache_dir: Path, name: str) -> tf.dat
     return ds
 
 
+def outlier_files(prepared: Path) -> list[str]:
+    """The prepared outliers' shards (images of no class, label −1); none is fine."""
+    return sorted(str(p) for p in prepared.glob("outliers-*.tfrecord"))
+
+
+def _shuffled(files: list[str], context: tf.distribute.InputContext, image_size: int,
+              cache: str, cache_dir: Path, name: str, seed: int) -> tf.data.Dataset:  # fmt: skip
+    """This pipeline's share of ``files``' decoded records, shuffled and repeated. With several
+    workers each reads its own shards (or every n-th record when there are fewer shards than
+    workers)."""
+    n, i = context.num_input_pipelines, context.input_pipeline_id
+    enough = len(files) >= n
+    records = stream_records(files[i::n]) if enough else stream_records(files).shard(n, i)
+    ds = cached(decode(records, image_size), cache, cache_dir, name)
+    return ds.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+
+
 def training_data(
     prepared: Path,
     image_size: int,
@@ -68,29 +85,36 @@ def training_data(
     cache: str,
     cache_dir: Path,
     augment: Callable,
+    outliers: int = 0,
     context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """This input pipeline's share of the shuffled, repeated, augmented training batches.
 
-    With several workers each reads its own shards (or every n-th record when there are fewer
-    shards than workers); ``.repeat()`` avoids Keras' per-epoch restart cost.
+    ``outliers`` of every ``batch_size`` images (split across replicas like the batch) come from
+    the prepared outliers when there are any, after the images of the classes; ``.repeat()``
+    avoids Keras' per-epoch restart cost.
     """
     context = context or tf.distribute.InputContext()
-    files = split_files(prepared, "train")
-    n, i = context.num_input_pipelines, context.input_pipeline_id
-    enough = len(files) >= n
-    records = stream_records(files[i::n]) if enough else stream_records(files).shard(n, i)
-    ds = cached(decode(records, image_size), cache, cache_dir, "train")
-    ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed).repeat()
+    share = (cache, cache_dir)
+    ds = _shuffled(split_files(prepared, "train"), context, image_size, *share, "train", seed)
+    batch = context.get_per_replica_batch_size(batch_size)
+    extra_files = outlier_files(prepared) if outliers else []
+    if extra_files:
+        extra = min(batch - 1, max(1, round(outliers * batch / batch_size)))
+        others = _shuffled(extra_files, context, image_size, *share, "outliers", seed + 1)
+        ds = tf.data.Dataset.zip(ds.batch(batch - extra), others.batch(extra)).map(
+            lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))
+        )
+    else:
+        ds = ds.batch(batch)
 
     def apply(images, labels):
         out = augment(tf.cast(images, tf.float32), training=True)
         return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8), labels
 
-    batch = context.get_per_replica_batch_size(batch_size)
     # Sequential on purpose: the augmentation layers draw from one seeded stream, and parallel
     # calls would take turns at it in a varying order (a cheap step next to a training step).
-    return ds.batch(batch).map(apply).prefetch(2)
+    return ds.map(apply).prefetch(2)
 
 
 def validation_data(

@@ -40,6 +40,30 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class OutlierParams:
+    """params.yaml ``train.outliers``: outlier exposure (Hendrycks et al., 2019), used when the
+    prepare stage found images of no class (``data/outliers``); the model is taught to answer them
+    with every class equally likely, so that a figure of no known class gets a flat answer."""
+
+    share: float  # of each training batch drawn from the outliers (0: off)
+    weight: float  # of their loss (cross-entropy to the uniform answer) beside the classes'
+    from_epoch: int  # epochs on the classes alone before the outliers join (0: from the start)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.share < 1:
+            raise PipelineError(f"train.outliers.share: {self.share!r} is out of range 0–1 "
+                                "(1 excluded: a batch needs images of the classes)")  # fmt: skip
+        if self.weight < 0:
+            raise PipelineError(f"train.outliers.weight: {self.weight!r} must be at least 0")
+        if self.from_epoch < 0:
+            raise PipelineError(f"train.outliers.from_epoch: {self.from_epoch!r} must be ≥ 0")
+
+    def per_batch(self, batch: int) -> int:
+        """Outliers in a batch of ``batch`` images (at least one image of the classes)."""
+        return min(batch - 1, round(batch * self.share)) if self.share and self.weight else 0
+
+
+@dataclass(frozen=True)
 class TrainParams:
     """params.yaml ``train``."""
 
@@ -57,6 +81,7 @@ class TrainParams:
     augment: AugmentParams
     init: str  # scratch | serving | serving:<model>: the weights training starts from
     pixels: str  # rescale: x/127.5 − 1 | standardize: each image to mean 0, spread 1
+    outliers: OutlierParams  # outlier exposure, where the prepared data has outliers
 
     def __post_init__(self) -> None:
         if self.pixels not in PIXELS:
