@@ -91,6 +91,19 @@ def test_prometheus_metrics_count_requests_by_route_and_status(client_without_tr
     assert "api_request_duration_seconds_bucket" in text and "api_requests_in_flight" in text
 
 
+def test_a_method_the_api_does_not_know_is_counted_as_other(client_without_triton):
+    """A client's method token never becomes a label value: each would be a new series, and a
+    byte such as 0x85 (U+0085 in latin-1) is a line break to readers that use str.splitlines."""
+    for odd in ("BREW", "X\x85LOG", "PROPFIND"):
+        assert client_without_triton.open("/healthz", method=odd).status_code == 405
+    text = client_without_triton.get("/metrics").get_data(as_text=True)
+    assert 'api_requests_total{method="other",route="unmatched",status="405"} 3.0' in text
+    assert "BREW" not in text and "\x85" not in text
+    samples = [line for line in text.split("\n") if line and not line.startswith("#")]
+    assert all(len(line.rsplit(" ", 1)) == 2 for line in samples)
+    assert len(text.splitlines()) == text.count("\n")  # no odd line break left in the text
+
+
 def test_logs_are_json_with_the_request_id(client_without_triton, api_log):
     client_without_triton.get("/healthz", headers={"X-Request-ID": "log-me"})
     assert any(r.get("request_id") == "log-me" and r.get("status") == 200 for r in api_log())

@@ -44,10 +44,11 @@ def _predict(api, data: bytes, **params) -> dict:
 
 
 def _metrics(api) -> dict[str, float]:
-    """Every sample of /metrics: ``name{labels}`` → value (labels as written)."""
+    """Every sample of /metrics: ``name{labels}`` → value (labels as written). Lines end at
+    "\\n" only, as the exposition format says (``str.splitlines`` also breaks at U+0085…)."""
     text = requests.get(f"{api.url}/metrics", timeout=10).text
     found = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if line and not line.startswith("#"):
             key, value = line.rsplit(" ", 1)
             found[key] = float(value)

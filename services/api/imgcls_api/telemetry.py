@@ -28,6 +28,15 @@ from prometheus_client.core import GaugeMetricFamily
 
 from imgcls.gateway.metrics import COMPARISONS
 
+#: the ``method`` label's values: any other token a client sends is counted as "other", so a
+#: client cannot add label values (unbounded series, or characters some readers split lines on)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+
+def metric_method(method: str) -> str:
+    return method if method in METHODS else "other"
+
+
 REQUESTS = Counter("api_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
     "api_request_duration_seconds",
@@ -87,7 +96,7 @@ def init_app(app: Flask) -> None:
         IN_FLIGHT.dec()
         route = request.url_rule.rule if request.url_rule else "unmatched"
         elapsed = time.perf_counter() - g.get("started", time.perf_counter())
-        labels = (route, request.method, str(response.status_code))
+        labels = (route, metric_method(request.method), str(response.status_code))
         REQUESTS.labels(*labels).inc()
         LATENCY.labels(*labels).observe(elapsed)
         response.headers[REQUEST_ID_HEADER] = g.get("request_id", "")
