@@ -95,13 +95,13 @@ def training_data(
     avoids Keras' per-epoch restart cost.
     """
     context = context or tf.distribute.InputContext()
-    share = (cache, cache_dir)
-    ds = _shuffled(split_files(prepared, "train"), context, image_size, *share, "train", seed)
+    keep = (cache, cache_dir)  # train.cache: where decoded images are kept between epochs
+    ds = _shuffled(split_files(prepared, "train"), context, image_size, *keep, "train", seed)
     batch = context.get_per_replica_batch_size(batch_size)
     extra_files = outlier_files(prepared) if outliers else []
     if extra_files:
         extra = min(batch - 1, max(1, round(outliers * batch / batch_size)))
-        others = _shuffled(extra_files, context, image_size, *share, "outliers", seed + 1)
+        others = _shuffled(extra_files, context, image_size, *keep, "outliers", seed + 1)
         ds = tf.data.Dataset.zip(ds.batch(batch - extra), others.batch(extra)).map(
             lambda a, b: (tf.concat([a[0], b[0]], 0), tf.concat([a[1], b[1]], 0))
         )
